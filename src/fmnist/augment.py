@@ -1,0 +1,73 @@
+"""Normalisation and augmentation as batched tensor ops, plus the same recipe as torchvision transforms.
+
+The tensor versions run on whole batches on the training device (no per-sample Python); the torchvision
+versions serve the DataLoader path (data.loader=torchvision) so both paths train on the same recipe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torchvision import transforms
+
+
+class Normalize:
+    """uint8 images -> float (x/255 - mean)/std, fused into one multiply-add."""
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device) -> None:
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, images.float(), self.scale)
+
+
+def is_enabled(augment: DictConfig) -> bool:
+    return augment.crop_padding > 0 or augment.hflip or augment.rotation > 0
+
+
+def augment_batch(images: torch.Tensor, augment: DictConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with padding, horizontal flip and small rotation for a float batch (B, C, H, W)."""
+    b, c, h, w = images.shape
+    dev = images.device
+    if augment.crop_padding > 0:
+        p = augment.crop_padding
+        padded = F.pad(images, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (b, 1), generator=generator, device=dev)
+        dx = torch.randint(0, 2 * p + 1, (b, 1), generator=generator, device=dev)
+        rows = (dy + torch.arange(h, device=dev)).view(b, 1, h, 1)
+        cols = (dx + torch.arange(w, device=dev)).view(b, 1, 1, w)
+        images = padded[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+                        rows, cols]
+    if augment.hflip:
+        flip = torch.rand(b, generator=generator, device=dev) < 0.5
+        images = torch.where(flip.view(b, 1, 1, 1), images.flip(3), images)
+    if augment.rotation > 0:
+        angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(augment.rotation)
+        cos, sin = angle.cos(), angle.sin()
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return images
+
+
+def torchvision_transform(augment: DictConfig | None, image_size: int, mean: list[float], std: list[float]
+                          ) -> transforms.Compose:
+    """The same recipe for PIL images in a DataLoader: augmentation (training only), ToTensor, Normalize."""
+    steps: list = []
+    if augment is not None:
+        if augment.crop_padding > 0:
+            steps.append(transforms.RandomCrop(image_size, padding=augment.crop_padding))
+        if augment.hflip:
+            steps.append(transforms.RandomHorizontalFlip())
+        if augment.rotation > 0:
+            steps.append(transforms.RandomRotation(augment.rotation,
+                                                   interpolation=transforms.InterpolationMode.BILINEAR))
+    steps += [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]
+    return transforms.Compose(steps)

@@ -1,0 +1,69 @@
+"""From config to objects: model, loss, optimizer and scheduler, all through Hydra's `_target_`.
+
+Instantiation errors (a bad keyword, an impossible value torch rejects) become UserErrors naming the
+config group, so a typo in an override reads as a config problem, not a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from fmnist.errors import UserError
+from fmnist.models import Classifier
+
+# Losses that take log-probabilities rather than logits: the model then ends in log-softmax.
+LOG_PROB_LOSSES = {"torch.nn.NLLLoss", "torch.nn.modules.loss.NLLLoss"}
+
+
+def _make(group: str, node: DictConfig, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return instantiate(node, *args, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise UserError(f"{group}: {' '.join(str(cause).split())}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{group}: {' '.join(str(exc).split())}") from None
+
+
+def build_model(cfg: DictConfig) -> Classifier:
+    """The model named by cfg.model, sized from cfg.dataset, with the output the loss expects."""
+    log_probs = cfg.loss.get("_target_") in LOG_PROB_LOSSES
+    return _make("model", cfg.model, log_probs=log_probs)
+
+
+def build_loss(cfg: DictConfig) -> nn.Module:
+    return _make("loss", cfg.loss)
+
+
+def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """cfg.optimizer over the parameters; on CUDA the fused kernels where the optimizer has them."""
+    factory: Callable[..., torch.optim.Optimizer] = _make("optimizer", cfg.optimizer)
+    extra = {"fused": True} if device.type == "cuda" and _has_fused(cfg.optimizer) else {}
+    try:
+        return factory(params, **extra)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"optimizer: {' '.join(str(exc).split())}") from None
+
+
+def _has_fused(node: DictConfig) -> bool:
+    return node.get("_target_") in {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+                    ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, str]:
+    """The scheduler and whether it steps per `epoch` or per `step` (batch)."""
+    node = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    assert isinstance(node, dict)
+    interval = node.pop("interval", "epoch")
+    if "_target_" not in node:
+        return None, interval
+    if node.get("steps_per_epoch") == "???":
+        node["steps_per_epoch"] = steps_per_epoch
+    return _make("scheduler", OmegaConf.create(node), optimizer), interval

@@ -1,0 +1,1 @@
+"""Console entry points: thin Hydra wrappers that compose a config, call the library, report."""

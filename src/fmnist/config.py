@@ -1,0 +1,150 @@
+"""Where the configs live and what a valid config is.
+
+Validation happens here, in one table, after Hydra composes the config: Hydra would accept `epochs=abc`
+as a string, and torch would fail much later with an unhelpful message. Every rule names the key, the
+value and what is allowed, so the CLI can print it as one line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist.errors import UserError
+
+
+def config_dir() -> Path:
+    """The conf/ directory: inside the installed wheel, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"fmnist configs not found next to {here}: the installation is incomplete")
+
+
+CONFIG_DIR = str(config_dir())
+
+_MISSING = object()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _int_at_least(lo: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and v >= lo
+
+
+def _number_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        above = v > lo if lo_open else v >= lo
+        below = v < hi if hi_open else v <= hi
+        return above and below
+
+    return ok
+
+
+def _one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: v in choices and type(v) is type(choices[0])
+
+
+def _int_list(min_len: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) >= min_len and all(_is_int(x) and x >= 1 for x in v)
+
+
+def _number_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_is_number(x) for x in v)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+INF = float("inf")
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    ok: Callable[[Any], bool]
+    allowed: str
+    required: bool = True
+
+
+# Keys a training run reads. Group options may lack some keys (rmsprop has no nesterov): not required.
+TRAIN_RULES: tuple[Rule, ...] = (
+    Rule("epochs", _int_at_least(1), "an integer >= 1"),
+    Rule("batch_size", _int_at_least(1), "an integer >= 1"),
+    Rule("eval_batch_size", _int_at_least(1), "an integer >= 1"),
+    Rule("seed", _int_at_least(0), "an integer >= 0"),
+    Rule("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+         "auto, cpu, cuda, cuda:N or mps"),
+    Rule("precision", _one_of("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
+    Rule("num_workers", _int_at_least(0), "an integer >= 0"),
+    Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
+    Rule("data.loader", _one_of("tensor", "torchvision"), "tensor or torchvision"),
+    Rule("dataset.name", _one_of("mnist", "fashion", "cifar10"), "mnist, fashion or cifar10"),
+    Rule("dataset.root", lambda v: v is None or isinstance(v, str), "a directory path"),
+    Rule("dataset.download", _is_bool, "true or false"),
+    Rule("dataset.num_classes", _int_at_least(2), "an integer >= 2"),
+    Rule("dataset.channels", _one_of(1, 3), "1 or 3"),
+    Rule("dataset.image_size", _int_at_least(1), "an integer >= 1"),
+    Rule("dataset.mean", _number_list, "a list of numbers, one per channel"),
+    Rule("dataset.std", lambda v: _number_list(v) and all(x > 0 for x in v), "a list of numbers > 0"),
+    Rule("dataset.val_fraction", _number_in(0, 1, lo_open=True), "a number in (0, 1)"),
+    Rule("dataset.augment.crop_padding", _int_at_least(0), "an integer >= 0"),
+    Rule("dataset.augment.hflip", _is_bool, "true or false"),
+    Rule("dataset.augment.rotation", _number_in(0, 180, hi_open=False), "a number of degrees in [0, 180]"),
+    Rule("model.hidden", _int_list(0), "a list of positive integers, e.g. [256,128]", required=False),
+    Rule("model.channels", _int_list(1), "a non-empty list of positive integers, e.g. [32,64]",
+         required=False),
+    Rule("model.dropout", _number_in(0, 1), "a number in [0, 1)", required=False),
+    Rule("model.batch_norm", _is_bool, "true or false", required=False),
+    Rule("optimizer.lr", _number_in(0, INF, lo_open=True), "a number > 0"),
+    Rule("optimizer.weight_decay", _number_in(0, INF, hi_open=True), "a number >= 0", required=False),
+    Rule("optimizer.momentum", _number_in(0, 1), "a number in [0, 1)", required=False),
+    Rule("optimizer.nesterov", _is_bool, "true or false", required=False),
+    Rule("scheduler.interval", _one_of("epoch", "step"), "epoch or step"),
+    Rule("scheduler.step_size", _int_at_least(1), "an integer >= 1 (epochs)", required=False),
+    Rule("scheduler.gamma", _number_in(0, 1, lo_open=True, hi_open=False), "a number in (0, 1]",
+         required=False),
+    Rule("loss.label_smoothing", _number_in(0, 1), "a number in [0, 1)", required=False),
+)
+
+
+def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
+    """Check every rule; raise UserError for the first key that breaks one."""
+    for rule in rules:
+        try:
+            value = OmegaConf.select(cfg, rule.key, default=_MISSING)
+        except Exception as exc:  # an interpolation that cannot resolve
+            raise UserError(f"{rule.key}: {exc}") from None
+        if value is _MISSING:
+            if rule.required:
+                raise UserError(f"{rule.key} is missing from the config (expected {rule.allowed})")
+            continue
+        if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if not rule.ok(value):
+            raise UserError(f"{rule.key}={value!r} is not valid: expected {rule.allowed}")
+    if len(cfg.dataset.mean) != cfg.dataset.channels or len(cfg.dataset.std) != cfg.dataset.channels:
+        raise UserError(
+            f"dataset.mean and dataset.std need one value per channel ({cfg.dataset.channels}), "
+            f"got {list(cfg.dataset.mean)} and {list(cfg.dataset.std)}"
+        )
+    if len(cfg.dataset.classes) != cfg.dataset.num_classes:
+        raise UserError(
+            f"dataset.classes has {len(cfg.dataset.classes)} names but dataset.num_classes="
+            f"{cfg.dataset.num_classes}"
+        )

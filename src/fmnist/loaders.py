@@ -1,0 +1,150 @@
+"""Batches for training and evaluation: a device-resident tensor path (default) and torchvision's DataLoader.
+
+Both yield (images, labels) already normalised, in the same seeded order for a given (seed, epoch), so a
+run is reproducible and a resumed run sees the data in the order the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Subset
+
+from fmnist.augment import Normalize, augment_batch, is_enabled, torchvision_transform
+from fmnist.datasets import load_tensors, open_dataset
+from fmnist.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+class Batches(Protocol):
+    """What the engine iterates: batches of (images, labels), a length, and a per-epoch reshuffle."""
+
+    num_samples: int
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffling/augmentation seed of one epoch: a function of (seed, epoch) alone, so resuming is exact."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of the official training set into train and validation indices."""
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise UserError(f"dataset.val_fraction={val_fraction} leaves no training images out of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+class TensorBatches:
+    """Whole split as uint8 on the device; shuffle, gather, augment and normalise as batched tensor ops."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalize, *,
+                 shuffle: bool, seed: int, augment: DictConfig | None = None) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.normalize = batch_size, normalize
+        self.shuffle, self.seed, self.augment = shuffle, seed, augment
+        self.num_samples = len(labels)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.images.device
+        order = None
+        generator = None
+        if self.shuffle:
+            cpu_gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=cpu_gen).to(device)
+        if self.augment is not None:
+            generator = torch.Generator(device=device).manual_seed(epoch_seed(self.seed, self.epoch) + 1)
+        for start in range(0, self.num_samples, self.batch_size):
+            if order is None:
+                x = self.images[start:start + self.batch_size]
+                y = self.labels[start:start + self.batch_size]
+            else:
+                idx = order[start:start + self.batch_size]
+                x, y = self.images[idx], self.labels[idx]
+            x = x.float()
+            if generator is not None:
+                x = augment_batch(x, self.augment, generator)
+            yield self.normalize(x), y
+
+
+class TorchvisionBatches:
+    """torchvision Dataset + DataLoader with PIL transforms: the reference path, for custom transforms."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, *, shuffle: bool, seed: int,
+                 num_workers: int, pin_memory: bool) -> None:
+        self.seed, self.generator = seed, torch.Generator()
+        self.num_samples = len(dataset)  # type: ignore[arg-type]
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=self.generator,
+                                 num_workers=num_workers, pin_memory=pin_memory,
+                                 persistent_workers=num_workers > 0)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.loader)
+
+
+@dataclass
+class SplitSpec:
+    """Which images of which official set make up a split."""
+
+    train_set: bool
+    indices: torch.Tensor | None
+
+
+def _split_spec(dataset: DictConfig, split: str, seed: int, n_train: int) -> SplitSpec:
+    if split == "test":
+        return SplitSpec(False, None)
+    train_idx, val_idx = split_indices(n_train, dataset.val_fraction, seed)
+    return SplitSpec(True, train_idx if split == "train" else val_idx)
+
+
+def make_batches(cfg: DictConfig, split: str, device: torch.device, *, batch_size: int,
+                 training: bool) -> Batches:
+    """Batches of one split (train/val/test) through the loader the config names.
+
+    `training` turns on shuffling and augmentation; evaluation always sees the data in file order.
+    """
+    if split not in SPLITS:
+        raise UserError(f"split={split!r} does not exist: expected one of {', '.join(SPLITS)}")
+    dataset = cfg.dataset
+    augment = dataset.augment if training and is_enabled(dataset.augment) else None
+    if cfg.data.loader == "tensor":
+        images, labels = load_tensors(dataset, train=split != "test")
+        spec = _split_spec(dataset, split, cfg.seed, len(labels))
+        if spec.indices is not None:
+            images, labels = images[spec.indices], labels[spec.indices]
+        normalize = Normalize(list(dataset.mean), list(dataset.std), device)
+        return TensorBatches(images.to(device), labels.to(device), batch_size, normalize,
+                             shuffle=training, seed=cfg.seed, augment=augment)
+    transform = torchvision_transform(augment, dataset.image_size, list(dataset.mean), list(dataset.std))
+    ds = open_dataset(dataset, train=split != "test", transform=transform)
+    spec = _split_spec(dataset, split, cfg.seed, len(ds))
+    if spec.indices is not None:
+        ds = Subset(ds, spec.indices.tolist())
+    return TorchvisionBatches(ds, batch_size, shuffle=training, seed=cfg.seed, num_workers=cfg.num_workers,
+                              pin_memory=device.type == "cuda")

@@ -1,0 +1,143 @@
+"""Every figure fmnist draws. The only module that imports matplotlib (Agg: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+GOOD, BAD, NEUTRAL = "#2a9d4b", "#d1352b", "#4c72b0"
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _as_display(image: torch.Tensor) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) uint8 -> an array imshow understands, and the colormap for grayscale."""
+    array = image.detach().cpu().numpy()
+    if array.shape[0] == 1:
+        return array[0], "gray"
+    return array.transpose(1, 2, 0), None
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r["val_acc"] for r in history], "s-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str = "") -> Path:
+    """Counts on the left, row-normalised (recall per true class) on the right."""
+    counts = confusion.cpu().numpy()
+    rows = counts.sum(1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+    n = len(class_names)
+    size = max(5.0, 0.55 * n + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    for ax, data, label, fmt in ((axes[0], counts, "count", "d"), (axes[1], normalised, "fraction of true class",
+                                                                    ".2f")):
+        im = ax.imshow(data, cmap="Blues")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+        ax.set(xlabel="predicted", ylabel="true")
+        threshold = data.max() / 2 if data.max() > 0 else 1
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
+                        color="white" if data[i, j] > threshold else "black")
+    axes[0].set_title("Confusion matrix (counts)")
+    axes[1].set_title("Row-normalised")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_per_class(report: dict[str, Any], path: Path, title: str = "") -> Path:
+    """Per-class accuracy as sorted horizontal bars, overall accuracy as a line."""
+    rows = sorted(report["classes"], key=lambda r: r["accuracy"])
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
+    accs = [100 * r["accuracy"] for r in rows]
+    bars = ax.barh([r["class"] for r in rows], accs, color=NEUTRAL)
+    overall = 100 * report["accuracy"]
+    ax.axvline(overall, color=BAD, linestyle="--", label=f"overall {overall:.2f}%")
+    for bar, acc in zip(bars, accs, strict=True):
+        ax.text(bar.get_width() + 0.3, bar.get_y() + bar.get_height() / 2, f"{acc:.1f}", va="center", fontsize=8)
+    ax.set(xlabel="accuracy (%)", xlim=(max(0.0, min(accs) - 10), 101), title=title or "Per-class accuracy")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[str], confidence: list[float],
+                       path: Path, title: str = "Most confidently wrong") -> Path:
+    """A grid of images with their true and predicted labels and the model's confidence."""
+    n = len(images)
+    cols = min(6, max(n, 1))
+    grid_rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(2.1 * cols, 2.4 * grid_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, t, p, c in zip(axes.flat, images, true, predicted, confidence, strict=False):
+        array, cmap = _as_display(image)
+        ax.imshow(array, cmap=cmap)
+        ax.set_title(f"true: {t}\npred: {p} ({c:.0%})", fontsize=8, color=BAD)
+    if n == 0:
+        axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_prediction(image: torch.Tensor, probs: torch.Tensor, class_names: list[str], predicted: int,
+                    true: int | None, path: Path, caption: str = "") -> Path:
+    """The image on the left, every class probability on the right with the prediction highlighted.
+
+    The title is green when the prediction matches the known label, red when not, neutral when unknown.
+    """
+    fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 1.4]})
+    array, cmap = _as_display(image)
+    ax_img.imshow(array, cmap=cmap)
+    ax_img.axis("off")
+    if caption:
+        ax_img.set_title(caption, fontsize=9)
+    values = probs.detach().cpu().numpy() * 100
+    colors = [NEUTRAL if i != predicted else (BAD if true is not None and true != predicted else GOOD)
+              for i in range(len(class_names))]
+    ax_bar.barh(range(len(class_names)), values, color=colors)
+    ax_bar.set_yticks(range(len(class_names)), class_names)
+    ax_bar.invert_yaxis()
+    ax_bar.set(xlim=(0, 100), xlabel="probability (%)")
+    for i, v in enumerate(values):
+        ax_bar.text(min(v + 1, 92), i, f"{v:.1f}", va="center", fontsize=8)
+    head = f"predicted: {class_names[predicted]} ({values[predicted]:.1f}%)"
+    if true is None:
+        fig.suptitle(head, color="black")
+    else:
+        fig.suptitle(f"{head}   true: {class_names[true]}", color=GOOD if true == predicted else BAD)
+    fig.tight_layout()
+    return _save(fig, path)

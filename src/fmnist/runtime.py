@@ -1,0 +1,73 @@
+"""Device, precision, seeding and progress choices: the facts of the machine a run happens on."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmnist.errors import UserError
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn `auto|cpu|cuda|cuda:N|mps` into a device that exists, or say why it cannot."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("device=mps was asked for, but MPS is not available here; use device=cpu or auto")
+        return torch.device("mps")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UserError(f"device={name} was asked for, but {why}; use device=cpu or device=auto")
+        device = torch.device(name)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device={name} was asked for, but only {count} CUDA device(s) exist (0..{count - 1})")
+        return device
+    raise UserError(f"device={name!r} is not valid: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: bf16 on CUDA by default (fast and needs no loss scaling), fp32 elsewhere."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    dtype = _DTYPES[precision]
+    if dtype is torch.float16 and device.type != "cuda":
+        raise UserError(f"precision=fp16 needs a CUDA device (device is {device}); use fp32 or bf16")
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision where asked for; a no-op context for fp32."""
+    if dtype is torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a run touches, so the same seed and config give the same metrics on CPU."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def show_progress(setting: bool | str) -> bool:
+    """tqdm bars only on a terminal unless forced: logs and CI output stay readable."""
+    if setting == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
