@@ -67,3 +67,13 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     if node.get("steps_per_epoch") == "???":
         node["steps_per_epoch"] = steps_per_epoch
     return _make("scheduler", OmegaConf.create(node), optimizer), interval
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, device: torch.device) -> Classifier:
+    """The trained model, rebuilt from the config stored in its checkpoint."""
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"the checkpoint's weights do not fit its model config: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()

@@ -7,7 +7,6 @@ run is reproducible and a resumed run sees the data in the order the uninterrupt
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -108,19 +107,23 @@ class TorchvisionBatches:
         return iter(self.loader)
 
 
-@dataclass
-class SplitSpec:
-    """Which images of which official set make up a split."""
-
-    train_set: bool
-    indices: torch.Tensor | None
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"split={split!r} does not exist: expected one of {', '.join(SPLITS)}")
 
 
-def _split_spec(dataset: DictConfig, split: str, seed: int, n_train: int) -> SplitSpec:
-    if split == "test":
-        return SplitSpec(False, None)
-    train_idx, val_idx = split_indices(n_train, dataset.val_fraction, seed)
-    return SplitSpec(True, train_idx if split == "train" else val_idx)
+def load_split(cfg: DictConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and labels of one split, in evaluation order.
+
+    train and val are the seeded partition of the official training set; test is the official test set.
+    """
+    _check_split(split)
+    images, labels = load_tensors(cfg.dataset, train=split != "test")
+    if split != "test":
+        train_idx, val_idx = split_indices(len(labels), cfg.dataset.val_fraction, cfg.seed)
+        keep = train_idx if split == "train" else val_idx
+        images, labels = images[keep], labels[keep]
+    return images, labels
 
 
 def make_batches(cfg: DictConfig, split: str, device: torch.device, *, batch_size: int,
@@ -129,22 +132,18 @@ def make_batches(cfg: DictConfig, split: str, device: torch.device, *, batch_siz
 
     `training` turns on shuffling and augmentation; evaluation always sees the data in file order.
     """
-    if split not in SPLITS:
-        raise UserError(f"split={split!r} does not exist: expected one of {', '.join(SPLITS)}")
+    _check_split(split)
     dataset = cfg.dataset
     augment = dataset.augment if training and is_enabled(dataset.augment) else None
     if cfg.data.loader == "tensor":
-        images, labels = load_tensors(dataset, train=split != "test")
-        spec = _split_spec(dataset, split, cfg.seed, len(labels))
-        if spec.indices is not None:
-            images, labels = images[spec.indices], labels[spec.indices]
+        images, labels = load_split(cfg, split)
         normalize = Normalize(list(dataset.mean), list(dataset.std), device)
         return TensorBatches(images.to(device), labels.to(device), batch_size, normalize,
                              shuffle=training, seed=cfg.seed, augment=augment)
     transform = torchvision_transform(augment, dataset.image_size, list(dataset.mean), list(dataset.std))
     ds = open_dataset(dataset, train=split != "test", transform=transform)
-    spec = _split_spec(dataset, split, cfg.seed, len(ds))
-    if spec.indices is not None:
-        ds = Subset(ds, spec.indices.tolist())
+    if split != "test":
+        train_idx, val_idx = split_indices(len(ds), dataset.val_fraction, cfg.seed)
+        ds = Subset(ds, (train_idx if split == "train" else val_idx).tolist())
     return TorchvisionBatches(ds, batch_size, shuffle=training, seed=cfg.seed, num_workers=cfg.num_workers,
                               pin_memory=device.type == "cuda")

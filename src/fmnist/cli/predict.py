@@ -1,0 +1,26 @@
+"""fmnist-predict: a random test image (or your own), its predicted class, and a picture of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fmnist.cli.common import report_user_errors
+from fmnist.config import CONFIG_DIR
+from fmnist.prediction import run_predict
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> str:
+    hydra_cfg = HydraConfig.get()
+    # In a sweep each job writes its picture into its own job directory instead of one shared file.
+    job_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    return report_user_errors("fmnist-predict", lambda: run_predict(cfg, job_dir)["predicted"])
+
+
+if __name__ == "__main__":
+    main()

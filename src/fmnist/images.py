@@ -1,0 +1,50 @@
+"""A user's own picture turned into what the model was trained on: channels, size and polarity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fmnist.errors import UserError
+
+
+def load_image_file(path: str | Path, channels: int, size: int, invert: bool | str = "auto") -> torch.Tensor:
+    """Read any PNG/JPEG into a uint8 tensor (channels, size, size).
+
+    The image is scaled so its longer side fits, then centred on its own background colour. For
+    grayscale models, `invert="auto"` flips a dark-on-light photo into the light-on-dark look of MNIST.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = img.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not an image that can be read ({type(exc).__name__})") from None
+    w, h = img.size
+    scale = size / max(w, h)
+    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    array = np.asarray(img, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if channels == 1 and _should_invert(array, invert):
+        array = 255 - array
+    border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]]).mean(0)
+    canvas = np.empty((size, size, array.shape[2]), dtype=np.uint8)
+    canvas[:] = np.round(border).astype(np.uint8)
+    top, left = (size - array.shape[0]) // 2, (size - array.shape[1]) // 2
+    canvas[top:top + array.shape[0], left:left + array.shape[1]] = array
+    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+
+
+def _should_invert(array: np.ndarray, invert: bool | str) -> bool:
+    if invert == "auto":
+        border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
+        return float(border.mean()) > 127.5  # light background: a photo of dark ink or a dark object
+    return bool(invert)

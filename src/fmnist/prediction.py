@@ -1,0 +1,79 @@
+"""fmnist-predict's work: one image (a test image or the user's file) through the model, shown."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from fmnist.augment import Normalize
+from fmnist.errors import UserError
+from fmnist.images import load_image_file
+from fmnist.loaders import load_split
+from fmnist.plots import plot_prediction
+from fmnist.restore import restore
+from fmnist.runtime import autocast
+
+
+def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[str, Any]:
+    """Predict, print (text or JSON), save prediction.png; returns the printed result."""
+    if cfg.image is not None and cfg.index is not None:
+        raise UserError("give either image=FILE or index=N, not both")
+    if not (isinstance(cfg.topk, int) and cfg.topk >= 1):
+        raise UserError(f"topk={cfg.topk!r} is not valid: expected an integer >= 1")
+    if cfg.format not in ("text", "json"):
+        raise UserError(f"format={cfg.format!r} is not valid: expected text or json")
+    r = restore(cfg.ckpt, cfg.dataset, cfg.device, cfg.precision)
+    ds = r.cfg.dataset
+    result: dict[str, Any] = {"checkpoint": str(r.path)}
+    if cfg.image is not None:
+        image = load_image_file(cfg.image, ds.channels, ds.image_size, cfg.invert)
+        true = None
+        result["image"] = str(cfg.image)
+        caption = Path(cfg.image).name
+    else:
+        images, labels = load_split(r.cfg, "test")
+        index = _pick_index(cfg.index, cfg.seed, len(labels))
+        image, true = images[index], int(labels[index])
+        result["index"] = index
+        caption = f"test image #{index}"
+    with torch.inference_mode(), autocast(r.device, r.dtype):
+        x = Normalize(list(ds.mean), list(ds.std), r.device)(image[None].to(r.device))
+        probs = r.model(x).float().softmax(1)[0].cpu()
+    names = r.class_names
+    predicted = int(probs.argmax())
+    top = probs.topk(min(cfg.topk, len(names)))
+    result.update({
+        "true": names[true] if true is not None else None,
+        "predicted": names[predicted],
+        "correct": (true == predicted) if true is not None else None,
+        "topk": [{"class": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices,
+                                                                                    strict=True)],
+    })
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else (default_out_dir or r.path.parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = plot_prediction(image, probs, names, predicted, true, out_dir / "prediction.png", caption=caption)
+    result["figure"] = str(figure)
+    print(json.dumps(result) if cfg.format == "json" else _as_text(result))
+    return result
+
+
+def _pick_index(index: Any, seed: Any, n: int) -> int:
+    if index is None:
+        return random.Random(seed).randrange(n)
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+        raise UserError(f"index={index!r} is out of range: the test set has images 0..{n - 1}")
+    return index
+
+
+def _as_text(result: dict[str, Any]) -> str:
+    where = f"image {result['image']}" if "image" in result else f"test image #{result['index']}"
+    head = f"{where}: predicted {result['predicted']}"
+    if result["true"] is not None:
+        head += f", true {result['true']} ({'right' if result['correct'] else 'wrong'})"
+    rows = [f"  {i}. {t['class']:<16} {t['probability']:7.2%}" for i, t in enumerate(result["topk"], 1)]
+    return "\n".join([head, *rows, f"figure: {result['figure']}"])
