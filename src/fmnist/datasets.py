@@ -29,7 +29,11 @@ from fmnist.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "fmnist"
+
+
+def cache_dir() -> Path:
+    """fmnist's cache: unpacked archives, and the default data root."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "fmnist"
 
 
 class LocalCIFAR10(CIFAR10):
@@ -82,7 +86,7 @@ SOURCES: dict[str, Source] = {
 
 def data_root(dataset: DictConfig) -> Path:
     """dataset.root, else $FMNIST_DATA (through the config), else the user cache directory."""
-    return Path(dataset.root).expanduser() if dataset.root else CACHE_DIR / "data"
+    return Path(dataset.root).expanduser() if dataset.root else cache_dir() / "data"
 
 
 def open_dataset(dataset: DictConfig, train: bool, transform: Any = None) -> VisionDataset:
@@ -136,7 +140,7 @@ def _local_root(source: Source, root: Path) -> Path | None:
     # The .gz archives are here. Unpack them into the cache, never into the data directory: it may be
     # read-only or shared, and root can write where it should not.
     digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
-    target_root = CACHE_DIR / "unpacked" / digest
+    target_root = cache_dir() / "unpacked" / digest
     target = target_root / source.folder
     target.mkdir(parents=True, exist_ok=True)
     for name in source.files:

@@ -1,0 +1,130 @@
+"""fmnist-train as a user runs it: artifacts, reproducibility, and every kind of bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, cli
+from PIL import Image
+
+from fmnist.checkpoint import load_checkpoint
+
+ARTIFACTS = ("best.pt", "last.pt", "metrics.csv", "metrics.json", "curves.png", "confusion_matrix.png",
+             ".hydra/config.yaml", "train.log")
+
+
+def assert_real_png(path: Path, min_size: int = 200) -> None:
+    with Image.open(path) as img:
+        assert img.format == "PNG" and min(img.size) >= min_size
+        extrema = img.convert("L").getextrema()
+        assert extrema[0] < extrema[1], f"{path} is a blank image"
+
+
+def test_train_writes_every_artifact(trained_run: Path):
+    for name in ARTIFACTS:
+        assert (trained_run / name).is_file(), name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert metrics["test"]["samples"] == 100 and 0.5 < metrics["test"]["accuracy"] <= 1.0
+    rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[-1]["val_acc"]) > 0.3
+    for png in ("curves.png", "confusion_matrix.png"):
+        assert_real_png(trained_run / png)
+
+
+def test_checkpoint_is_self_describing(trained_run: Path):
+    ckpt = load_checkpoint(trained_run / "best.pt")
+    assert ckpt["class_names"][0] == "T-shirt/top"
+    assert ckpt["config"]["model"]["channels"] == [8, 16]
+    assert ckpt["config"]["model"]["in_channels"] == 1  # interpolations resolved
+    assert {"torch", "torchvision", "fmnist", "python"} <= set(ckpt["versions"])
+    assert ckpt["metrics"]["test"]["accuracy"] == json.loads((trained_run / "metrics.json").read_text())["test"][
+        "accuracy"]
+    assert "optimizer" in ckpt and ckpt["epoch"] == ckpt["metrics"]["best_epoch"]
+
+
+def test_final_line_names_accuracy_and_artifacts(tmp_path: Path):
+    proc = cli("fmnist-train", "model=mlp", "dataset=mnist", *FAST, "hydra.run.dir=r", cwd=tmp_path)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "test accuracy" in last and str(tmp_path / "r") in last
+
+
+def test_same_seed_same_metrics(tmp_path: Path):
+    runs = []
+    for name in ("a", "b"):
+        cli("fmnist-train", "model=bn_cnn", "dataset=mnist", "seed=3", *FAST, f"hydra.run.dir={name}", cwd=tmp_path)
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    strip = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for r in runs
+             for row in r["history"]]
+    assert strip[:2] == strip[2:]
+    assert runs[0]["test"]["accuracy"] == runs[1]["test"]["accuracy"]
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra", [
+    ("dataset=cifar10", "model=feedforward", "optimizer=sgd", "scheduler=onecycle", "loss=nll"),
+    ("dataset=mnist", "model=mlp", "data.loader=torchvision", "num_workers=0", "optimizer=adamw",
+     "scheduler=cosine", "loss.label_smoothing=0.1", "dataset.augment.crop_padding=2"),
+])
+def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...]):
+    cli("fmnist-train", *extra, *FAST, "hydra.run.dir=r", cwd=tmp_path)
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["samples"] == 100
+
+
+def one_line_error(proc, code: int = 2) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fmnist-train: error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("batch_size=0", "batch_size=0 is not valid: expected an integer >= 1"),
+    ("optimizer.lr=-1", "optimizer.lr=-1 is not valid: expected a number > 0"),
+    ("epochs=abc", "epochs='abc' is not valid: expected an integer >= 1"),
+])
+def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected: str):
+    proc = cli("fmnist-train", override, cwd=tmp_path, check=False)
+    assert expected in one_line_error(proc)
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.pt"))
+
+
+def test_unknown_model_lists_the_valid_ones(tmp_path: Path):
+    proc = cli("fmnist-train", "model=resnet", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    for name in ("mlp", "cnn", "bn_cnn", "feedforward"):
+        assert name in proc.stderr
+
+
+def test_missing_dataset_offline_says_what_and_where(tmp_path: Path):
+    proc = cli("fmnist-train", "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}", cwd=tmp_path, check=False)
+    line = one_line_error(proc)
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in line and "train-images-idx3-ubyte" in line
+    assert "download failed" in line
+
+
+def test_cuda_where_there_is_none(tmp_path: Path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert "device=cuda was asked for" in one_line_error(cli("fmnist-train", "device=cuda", cwd=tmp_path,
+                                                              check=False))
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path: Path):
+    proc = cli("fmnist-train", "model=mlp", "optimizer=sgd", "optimizer.lr=1e12", "optimizer.momentum=0.0", *FAST,
+               cwd=tmp_path, check=False)
+    assert "NaN/inf" in one_line_error(proc)
+
+
+def test_help_shows_groups_and_options(tmp_path: Path):
+    out = cli("fmnist-train", "--help", cwd=tmp_path).stdout
+    assert "model: bn_cnn, bn_cnn_wide, cnn, feedforward, mlp" in out
+    assert "dataset: cifar10, fashion, mnist" in out
+    assert "optimizer: adam, adamw, rmsprop, sgd" in out

@@ -1,0 +1,57 @@
+"""Every optimizer, scheduler and loss choice instantiates and does its job."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose
+
+from fmnist.build import build_loss, build_model, build_optimizer, build_scheduler
+from fmnist.config import config_dir
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", options("optimizer"))
+def test_optimizer_instantiates_with_its_lr(name: str):
+    cfg = compose(f"optimizer={name}", "optimizer.lr=0.0123")
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model.parameters(), torch.device("cpu"))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0123)
+
+
+def test_sgd_takes_momentum_nesterov_and_weight_decay():
+    cfg = compose("optimizer=sgd", "optimizer.momentum=0.8", "optimizer.nesterov=true", "optimizer.weight_decay=1e-4")
+    group = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu")).param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.8, True, 1e-4)
+
+
+@pytest.mark.parametrize("name", options("scheduler"))
+def test_scheduler_instantiates_and_steps(name: str):
+    cfg = compose(f"scheduler={name}", "epochs=4")
+    optimizer = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu"))
+    scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch=5)
+    if name == "none":
+        assert scheduler is None
+        return
+    steps = 4 * 5 if interval == "step" else 4
+    lrs = []
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert len(set(lrs)) > 1, "the learning rate never changed"
+
+
+@pytest.mark.parametrize("name", options("loss"))
+def test_loss_instantiates(name: str):
+    cfg = compose(f"loss={name}")
+    model = build_model(cfg)
+    loss = build_loss(cfg)(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_label_smoothing_is_passed_through():
+    assert build_loss(compose("loss.label_smoothing=0.1")).label_smoothing == pytest.approx(0.1)

@@ -1,0 +1,133 @@
+"""Loading the datasets from their real file formats, splits, loaders and augmentation."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import N_TEST, N_TRAIN, compose, make_images
+
+from fmnist.augment import augment_batch
+from fmnist.datasets import load_tensors
+from fmnist.errors import UserError
+from fmnist.loaders import load_split, make_batches, split_indices
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(("name", "n_train", "shape"), [
+    ("mnist", N_TRAIN["idx"], (1, 28, 28)),
+    ("fashion", N_TRAIN["idx"], (1, 28, 28)),
+    ("cifar10", N_TRAIN["cifar"], (3, 32, 32)),
+])
+def test_each_dataset_loads_from_its_files(name: str, n_train: int, shape: tuple[int, ...]):
+    cfg = compose(f"dataset={name}")
+    images, labels = load_tensors(cfg.dataset, train=True)
+    assert images.shape == (n_train, *shape) and images.dtype == torch.uint8
+    test_images, test_labels = load_tensors(cfg.dataset, train=False)
+    assert len(test_images) == len(test_labels) == N_TEST
+    # The pixels are exactly those the fixture wrote (same generator, same seed).
+    seed = {"mnist": 1, "fashion": 2, "cifar10": 3}[name]
+    expected, expected_labels = make_images(n_train, shape[1], shape[0], seed)
+    assert torch.equal(images, torch.from_numpy(expected))
+    assert torch.equal(labels, torch.from_numpy(expected_labels).long())
+
+
+def test_data_directory_is_never_written(data_root: Path):
+    before = sorted(p.name for p in (data_root / "MNIST" / "raw").iterdir())
+    load_tensors(compose("dataset=mnist").dataset, train=True)
+    assert sorted(p.name for p in (data_root / "MNIST" / "raw").iterdir()) == before
+
+
+def test_missing_dataset_names_the_files_and_where(tmp_path: Path):
+    cfg = compose("dataset=fashion", f"dataset.root={tmp_path}", "dataset.download=false")
+    with pytest.raises(UserError) as info:
+        load_tensors(cfg.dataset, train=True)
+    message = str(info.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in message
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        assert name in message
+    assert "\n" not in message
+
+
+def test_missing_cifar_after_failed_download_explains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from fmnist import datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(datasets.LocalCIFAR10, "download", offline)
+    cfg = compose("dataset=cifar10", f"dataset.root={tmp_path}")
+    with pytest.raises(UserError, match=r"CIFAR-10 not found: .*cifar-10-batches-py needs data_batch_1.*download failed"):
+        load_tensors(cfg.dataset, train=True)
+
+
+def test_corrupt_archive_is_a_clear_error(tmp_path: Path, data_root: Path):
+    shutil.copytree(data_root / "MNIST", tmp_path / "MNIST")
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(UserError, match="could not unpack"):
+        load_tensors(compose("dataset=mnist", f"dataset.root={tmp_path}").dataset, train=True)
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path: Path, data_root: Path):
+    shutil.copytree(data_root / "MNIST", tmp_path / "MNIST")
+    archive = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    payload = gzip.decompress(archive.read_bytes())
+    archive.write_bytes(gzip.compress(payload[:1000]))
+    with pytest.raises(UserError, match="could not read MNIST"):
+        load_tensors(compose("dataset=mnist", f"dataset.root={tmp_path}").dataset, train=False)
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    a_train, a_val = split_indices(100, 0.1, seed=7)
+    b_train, b_val = split_indices(100, 0.1, seed=7)
+    assert torch.equal(a_train, b_train) and torch.equal(a_val, b_val)
+    assert len(a_val) == 10 and len(set(a_train.tolist()) | set(a_val.tolist())) == 100
+    assert not torch.equal(split_indices(100, 0.1, seed=8)[1], a_val)
+
+
+def test_tensor_and_torchvision_loaders_give_the_same_batches():
+    tensor_cfg = compose("dataset=fashion")
+    tv_cfg = compose("dataset=fashion", "data.loader=torchvision", "num_workers=0")
+    for split in ("val", "test"):
+        a = list(make_batches(tensor_cfg, split, CPU, batch_size=32, training=False))
+        b = list(make_batches(tv_cfg, split, CPU, batch_size=32, training=False))
+        assert len(a) == len(b)
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(ya, yb)
+            assert torch.allclose(xa, xb, atol=1e-5)
+
+
+def test_training_order_depends_on_seed_and_epoch_only():
+    cfg = compose("dataset=mnist")
+    first = make_batches(cfg, "train", CPU, batch_size=50, training=True)
+    second = make_batches(cfg, "train", CPU, batch_size=50, training=True)
+    first.set_epoch(3)
+    second.set_epoch(3)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(first, second, strict=True))
+    second.set_epoch(4)
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, second, strict=True))
+    labels = torch.cat([y for _, y in first])
+    assert sorted(labels.tolist()) == sorted(load_split(cfg, "train")[1].tolist())
+
+
+def test_augmentation_is_batched_seeded_and_keeps_shape():
+    cfg = compose("dataset=cifar10", "dataset.augment.crop_padding=4", "dataset.augment.hflip=true",
+                  "dataset.augment.rotation=10")
+    x = torch.rand(8, 3, 32, 32) * 255
+    a = augment_batch(x, cfg.dataset.augment, torch.Generator().manual_seed(0))
+    b = augment_batch(x, cfg.dataset.augment, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_crop_with_padding_shifts_the_image():
+    cfg = compose("dataset.augment.crop_padding=2")
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 10, 10] = 1.0
+    out = augment_batch(x, cfg.dataset.augment, torch.Generator().manual_seed(0))
+    positions = {tuple(p.tolist()) for p in (out[:, 0] == 1).nonzero()[:, 1:]}
+    assert len(positions) > 5 and all(8 <= r <= 12 and 8 <= c <= 12 for r, c in positions)
+    assert out.sum() == 64  # a shift within the padding never loses the pixel
