@@ -30,7 +30,7 @@ def test_train_writes_every_artifact(trained_run: Path):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
     assert metrics["test"]["samples"] == 100 and 0.5 < metrics["test"]["accuracy"] <= 1.0
-    rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
+    rows = list(csv.DictReader((trained_run / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[-1]["val_acc"]) > 0.3
     for png in ("curves.png", "confusion_matrix.png"):
         assert_real_png(trained_run / png)

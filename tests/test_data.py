@@ -61,7 +61,8 @@ def test_missing_cifar_after_failed_download_explains(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(datasets.LocalCIFAR10, "download", offline)
     cfg = compose("dataset=cifar10", f"dataset.root={tmp_path}")
-    with pytest.raises(UserError, match=r"CIFAR-10 not found: .*cifar-10-batches-py needs data_batch_1.*download failed"):
+    expected = r"CIFAR-10 not found: .*cifar-10-batches-py needs data_batch_1.*download failed"
+    with pytest.raises(UserError, match=expected):
         load_tensors(cfg.dataset, train=True)
 
 

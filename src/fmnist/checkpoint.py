@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import platform
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +59,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise UserError(f"refusing to load {path}: it is not a plain-data checkpoint ({detail})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        detail = " ".join(str(exc).split())[:160]
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {detail}") from None
+    except Exception as exc:  # the file is user input: any failure to parse it is a user-facing error
+        detail = " ".join(str(exc).split())
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in detail:
+            unsafe = detail[detail.find("Unsupported global"):][:120] if "Unsupported global" in detail else ""
+            raise UserError(f"refusing to load {path}: it holds objects that are not plain data, and loading "
+                            f"it could run code ({unsafe or 'weights_only=True'})") from None
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                        f"{type(exc).__name__}: {detail[:160]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an fmnist checkpoint")
     missing = [key for key in REQUIRED if key not in ckpt]

@@ -1,0 +1,171 @@
+"""fmnist-eval and fmnist-predict on a checkpoint trained through the CLI, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli, compose
+from PIL import Image
+from test_cli_train import assert_real_png
+
+from fmnist.build import model_from_checkpoint
+from fmnist.checkpoint import load_checkpoint
+from fmnist.loaders import load_split
+from fmnist.runtime import resolve_device
+
+
+def independent_predictions(ckpt_path: Path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true labels computed here, without the engine: model(x) one image at a time."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = compose()
+    cfg.merge_with(ckpt["config"])
+    model = model_from_checkpoint(ckpt, cfg, resolve_device("cpu"))
+    images, labels = load_split(cfg, split)
+    mean = torch.tensor(cfg.dataset.mean).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.dataset.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        preds = torch.cat([model((img[None].float() / 255 - mean) / std).argmax(1) for img in images])
+    return preds, labels
+
+
+def test_eval_table_and_json_agree_with_an_independent_count(trained_run: Path):
+    proc = cli("fmnist-eval", f"ckpt={trained_run / 'best.pt'}", cwd=trained_run.parent)
+    report = json.loads((trained_run / "eval-test" / "eval.json").read_text())
+    preds, labels = independent_predictions(trained_run / "best.pt")
+    assert report["accuracy"] == pytest.approx((preds == labels).float().mean().item(), abs=1e-12)
+    for k, row in enumerate(report["classes"]):
+        mine = labels == k
+        assert row["support"] == int(mine.sum())
+        assert row["correct"] == int((preds[mine] == k).sum())
+        predicted_k = preds == k
+        expected_precision = float((labels[predicted_k] == k).float().mean()) if predicted_k.any() else 0.0
+        assert row["precision"] == pytest.approx(expected_precision)
+    assert report["accuracy"] == report["recorded_test_accuracy"]  # exactly what training recorded
+    assert f"accuracy {report['accuracy']:.2%}" in proc.stdout
+    assert "matches the test accuracy recorded" in proc.stdout
+    assert "T-shirt/top" in proc.stdout and "macro-F1" in proc.stdout
+    for png in ("per_class.png", "confusion_matrix.png", "misclassified.png"):
+        assert_real_png(trained_run / "eval-test" / png)
+
+
+def test_eval_without_ckpt_uses_the_latest_run(tmp_path: Path, trained_run: Path):
+    run = tmp_path / "outputs" / "2026-01-01" / "00-00-00"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval-*"))
+    proc = cli("fmnist-eval", "split=val", f"out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert str(Path("outputs") / "2026-01-01" / "00-00-00" / "best.pt") in proc.stderr
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["split"] == "val" and report["samples"] == 40  # 10% of the 400 training images
+
+
+def test_no_run_found_says_how_to_get_one(tmp_path: Path):
+    for tool in ("fmnist-eval", "fmnist-predict"):
+        proc = cli(tool, cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "no trained model found" in proc.stderr and "ckpt=" in proc.stderr
+
+
+def test_predict_by_index_is_right_and_seed_is_reproducible(trained_run: Path, tmp_path: Path):
+    ckpt = trained_run / "best.pt"
+    preds, labels = independent_predictions(ckpt)
+    names = load_checkpoint(ckpt)["class_names"]
+    out = json.loads(cli("fmnist-predict", f"ckpt={ckpt}", "index=7", "format=json", f"out_dir={tmp_path}",
+                         cwd=tmp_path).stdout)
+    assert out["index"] == 7 and out["true"] == names[int(labels[7])]
+    assert out["predicted"] == names[int(preds[7])] and len(out["topk"]) == 3
+    assert out["topk"][0]["class"] == out["predicted"]
+    assert_real_png(tmp_path / "prediction.png")
+    first = json.loads(cli("fmnist-predict", f"ckpt={ckpt}", "seed=5", "format=json", cwd=tmp_path).stdout)
+    again = json.loads(cli("fmnist-predict", f"ckpt={ckpt}", "seed=5", "format=json", cwd=tmp_path).stdout)
+    assert first == again
+
+
+def test_predict_text_output(trained_run: Path, tmp_path: Path):
+    proc = cli("fmnist-predict", f"ckpt={trained_run / 'best.pt'}", "index=3", "topk=5", f"out_dir={tmp_path}",
+               cwd=tmp_path)
+    assert proc.stdout.startswith("test image #3: predicted ")
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("  ")]) == 5
+
+
+def test_predict_on_a_user_png(trained_run: Path, tmp_path: Path):
+    # A dark-on-light photo of a class-5 pattern (cell 5: row 1, column 1 of the fixture's grid), wider than tall.
+    canvas = np.full((60, 90), 250, dtype=np.uint8)
+    canvas[15:30, 30:45] = 10
+    Image.fromarray(canvas).save(tmp_path / "photo.png")
+    out = json.loads(cli("fmnist-predict", f"ckpt={trained_run / 'best.pt'}", f"image={tmp_path / 'photo.png'}",
+                         "format=json", f"out_dir={tmp_path}", cwd=tmp_path).stdout)
+    assert out["image"].endswith("photo.png") and out["true"] is None
+    assert abs(sum(t["probability"] for t in out["topk"])) <= 1.0 + 1e-6
+    assert_real_png(tmp_path / "prediction.png")
+
+
+class Exploit:
+    """Unpickling this runs code: it must never happen."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def bad_input_error(tool: str, *args: str, cwd: Path) -> str:
+    proc = cli(tool, *args, cwd=cwd, check=False)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(f"{tool}: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    torch.save({"format": "fmnist-checkpoint", "payload": Exploit(marker)}, tmp_path / "evil.pt")
+    for tool in ("fmnist-eval", "fmnist-predict"):
+        assert "refusing to load" in bad_input_error(tool, f"ckpt={tmp_path / 'evil.pt'}", cwd=tmp_path)
+    assert not marker.exists()
+    with open(tmp_path / "evil.pkl", "wb") as f:  # a plain pickle, not even a torch zip file
+        pickle.dump(Exploit(marker), f)
+    bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'evil.pkl'}", cwd=tmp_path)
+    assert not marker.exists()
+
+
+def test_broken_checkpoints_are_one_line_errors(trained_run: Path, tmp_path: Path):
+    data = (trained_run / "best.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.pt").write_text("hello")
+    torch.save({"model": {}}, tmp_path / "foreign.pt")
+    ckpt = load_checkpoint(trained_run / "best.pt")
+    del ckpt["class_names"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert "does not exist" in bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'nope.pt'}", cwd=tmp_path)
+    assert "not a readable checkpoint" in bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'truncated.pt'}",
+                                                          cwd=tmp_path)
+    assert "not a readable checkpoint" in bad_input_error("fmnist-predict", f"ckpt={tmp_path / 'text.pt'}",
+                                                          cwd=tmp_path)
+    assert "not an fmnist checkpoint" in bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'foreign.pt'}",
+                                                         cwd=tmp_path)
+    assert "lacks class_names" in bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'old.pt'}", cwd=tmp_path)
+
+
+def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):
+    ckpt = f"ckpt={trained_run / 'best.pt'}"
+    (tmp_path / "notes.png").write_text("not an image")
+    assert "does not exist" in bad_input_error("fmnist-predict", ckpt, f"image={tmp_path / 'x.png'}", cwd=tmp_path)
+    assert "is not an image" in bad_input_error("fmnist-predict", ckpt, f"image={tmp_path / 'notes.png'}",
+                                                cwd=tmp_path)
+    assert "out of range" in bad_input_error("fmnist-predict", ckpt, "index=100", cwd=tmp_path)
+    assert "out of range" in bad_input_error("fmnist-predict", ckpt, "index=-1", cwd=tmp_path)
+    assert "split='holdout' does not exist" in bad_input_error("fmnist-eval", ckpt, "split=holdout", cwd=tmp_path)
+
+
+def test_predict_multirun_writes_one_picture_per_job(trained_run: Path, tmp_path: Path):
+    cli("fmnist-predict", "--multirun", f"ckpt={trained_run / 'best.pt'}", "index=0,1", "format=json",
+        "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert (tmp_path / "sweep" / "0" / "prediction.png").is_file()
+    assert (tmp_path / "sweep" / "1" / "prediction.png").is_file()
