@@ -7,6 +7,7 @@ value and what is allowed, so the CLI can print it as one line.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ def config_dir() -> Path:
 
 
 CONFIG_DIR = str(config_dir())
+
+# Used in hydra.run.dir / hydra.sweep.dir: the process id makes run directories unique on this machine.
+if not OmegaConf.has_resolver("fmnist.pid"):
+    OmegaConf.register_new_resolver("fmnist.pid", os.getpid)
 
 _MISSING = object()
 
@@ -92,6 +97,7 @@ TRAIN_RULES: tuple[Rule, ...] = (
          "auto, cpu, cuda, cuda:N or mps"),
     Rule("precision", _one_of("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
     Rule("num_workers", _int_at_least(0), "an integer >= 0"),
+    Rule("threads", lambda v: v == "auto" or _int_at_least(1)(v), "auto or an integer >= 1"),
     Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
     Rule("data.loader", _one_of("tensor", "torchvision"), "tensor or torchvision"),
     Rule("dataset.name", _one_of("mnist", "fashion", "cifar10"), "mnist, fashion or cifar10"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -68,3 +69,16 @@ def write_history(out_dir: Path, history: list[dict[str, Any]], summary: dict[st
         writer.writeheader()
         writer.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
     (out_dir / "metrics.json").write_text(json.dumps({**summary, "history": history}, indent=2) + "\n")
+
+
+def record_failure(out_dir: Path, error: str) -> None:
+    """Mark a run's metrics.json as failed with its reason, keeping whatever history it has."""
+    path = out_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        metrics = {}
+    metrics.update({"status": "failed", "error": error})
+    metrics.setdefault("history", [])
+    with contextlib.suppress(OSError):  # an unwritable run directory is already what the error says
+        path.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -141,3 +141,34 @@ def plot_prediction(image: torch.Tensor, probs: torch.Tensor, class_names: list[
         fig.suptitle(f"{head}   true: {class_names[true]}", color=GOOD if true == predicted else BAD)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_sweep(rows: list[dict[str, Any]], parameter: str | None, path: Path) -> Path:
+    """Validation accuracy per epoch for every job; with one swept numeric parameter, accuracy against it."""
+    done = [r for r in rows if r["history"]]
+    panels = 2 if parameter else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    for r in sorted(done, key=lambda r: int(r["job"]) if r["job"].isdigit() else 0):
+        epochs = [h["epoch"] for h in r["history"]]
+        style = "x--" if r["status"] == "failed" else "o-"
+        ax.plot(epochs, [100 * h["val_acc"] for h in r["history"]], style, ms=3,
+                label=f"#{r['job']} {r['overrides']}"[:60])
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{len(rows)} jobs")
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if done and len(done) <= 12:
+        ax.legend(fontsize=7)
+    if parameter:
+        ax = axes[0, 1]
+        points = sorted((float(r["params"][parameter]), 100 * r["best_val_acc"]) for r in done
+                        if r["status"] != "failed" and r["best_val_acc"] is not None)
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, "o-", color=NEUTRAL)
+            if min(xs) > 0 and max(xs) / min(xs) >= 10:
+                ax.set_xscale("log")
+        ax.set(xlabel=parameter, ylabel="best validation accuracy (%)", title=f"accuracy against {parameter}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

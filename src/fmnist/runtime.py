@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 from typing import Any
@@ -71,3 +72,10 @@ def show_progress(setting: bool | str) -> bool:
     if setting == "auto":
         return sys.stderr.isatty()
     return bool(setting)
+
+
+def configure_threads(setting: int | str, parallel_jobs: int = 1) -> int:
+    """CPU threads for this process: `auto` shares the cores among jobs that run side by side."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs)) if setting == "auto" else int(setting)
+    torch.set_num_threads(threads)
+    return threads

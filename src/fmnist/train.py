@@ -98,7 +98,8 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
         improved = val.accuracy > best_val_acc
         if improved:
             best_epoch, best_val_acc = epoch, val.accuracy
-        metrics = {"history": history, "best_epoch": best_epoch, "best_val_acc": best_val_acc, "test": None}
+        metrics = {"history": history, "best_epoch": best_epoch, "best_val_acc": best_val_acc, "test": None,
+                   "status": "running"}
         payload = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -124,9 +125,9 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
     result = evaluate(model, test_batches, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
                       progress=progress, desc="test")
     test = test_summary(result, class_names, best_epoch)
-    best["metrics"]["test"] = test
+    best["metrics"].update(test=test, status="completed")
     save_checkpoint(best, out_dir / "best.pt")
-    summary = {"best_epoch": best_epoch, "best_val_acc": best_val_acc, "test": test,
+    summary = {"best_epoch": best_epoch, "best_val_acc": best_val_acc, "test": test, "status": "completed",
                "seconds": time.perf_counter() - started}
     write_history(out_dir, history, summary)
     title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()

@@ -12,11 +12,16 @@ from fmnist.errors import UserError
 T = TypeVar("T")
 
 
-def report_user_errors(prog: str, body: Callable[[], T]) -> T:
-    """Run body; a UserError becomes `prog: error: ...` on stderr and exit code 2 (no traceback)."""
+def report_user_errors(prog: str, body: Callable[[], T], on_error: Callable[[str], None] | None = None) -> T:
+    """Run body; a UserError becomes `prog: error: ...` on stderr and exit code 2 (no traceback).
+
+    on_error, if given, sees the message first (training records it in the run's metrics.json).
+    """
     try:
         return body()
     except UserError as exc:
+        if on_error is not None:
+            on_error(str(exc))
         logging.shutdown()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)

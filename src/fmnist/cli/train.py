@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist.cli.common import report_user_errors
 from fmnist.config import CONFIG_DIR
+from fmnist.errors import UserError
+from fmnist.metrics import record_failure
+from fmnist.runtime import configure_threads
 from fmnist.train import run_training
 
 log = logging.getLogger("fmnist")
@@ -22,6 +28,8 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v}
+    threads = configure_threads(cfg.get("threads", "auto"), _parallel_jobs(hydra_cfg))
+    log.info("cpu threads %d", threads)
 
     def train() -> float:
         result = run_training(cfg, out_dir, choices)
@@ -29,7 +37,33 @@ def main(cfg: DictConfig) -> float:
                  100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, out_dir)
         return result.best_val_acc
 
-    return report_user_errors("fmnist-train", train)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return report_user_errors("fmnist-train", train, on_error=lambda message: record_failure(out_dir, message))
+    # In a sweep one bad job must not stop the others: record why it failed, then tell the sweeper in the
+    # way it understands. The basic sweeper aborts the whole sweep on an exception, so it gets NaN; the
+    # Optuna sweeper records a trial that raised as FAIL (and chokes on NaN), so it gets the exception.
+    try:
+        return train()
+    except UserError as exc:
+        message = str(exc)
+        error: Exception = exc
+    except Exception as exc:  # a bug: keep the traceback in the job's log, still record and go on
+        log.exception("job failed")
+        message, error = f"{type(exc).__name__}: {exc}", exc
+    log.error("job %s failed: %s", hydra_cfg.job.num, message)
+    record_failure(out_dir, message)
+    if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+        raise error
+    return math.nan
+
+
+def _parallel_jobs(hydra_cfg: DictConfig) -> int:
+    """How many jobs run side by side (the joblib launcher's n_jobs), so threads can be shared."""
+    launcher = hydra_cfg.get("launcher") or {}
+    if hydra_cfg.mode != RunMode.MULTIRUN or "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n_jobs = int(launcher.get("n_jobs", 1) or 1)
+    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
 
 
 if __name__ == "__main__":

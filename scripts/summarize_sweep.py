@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Rebuild sweep_summary.csv, sweep_summary.md and sweep.png for a finished or partial sweep directory.
+
+    python scripts/summarize_sweep.py multirun/2026-11-23/10-00-00-123456-4242
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fmnist.sweep import write_summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="the sweep directory (holds one folder per job)")
+    args = parser.parse_args()
+    if not args.sweep_dir.is_dir():
+        print(f"summarize_sweep: error: {args.sweep_dir} is not a directory", file=sys.stderr)
+        return 2
+    rows = write_summary(args.sweep_dir)
+    if not rows:
+        print(f"summarize_sweep: error: no jobs (*/.hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
+        return 2
+    print((args.sweep_dir / "sweep_summary.md").read_text(), end="")
+    print(f"wrote sweep_summary.csv, sweep_summary.md, sweep.png in {args.sweep_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""--multirun through the real Hydra CLI: job directories, the summary, failures, parallel jobs, Optuna."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FAST, cli
+from test_cli_train import assert_real_png
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def summary(sweep: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
+
+
+def test_grid_runs_every_combination_and_summarises(tmp_path: Path):
+    proc = cli("fmnist-train", "--multirun", "model=mlp,bn_cnn", "optimizer.lr=1e-3,3e-3", "dataset=mnist", *FAST,
+               "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1", "2", "3"]
+    for job in jobs:
+        assert (sweep / job / "best.pt").is_file() and (sweep / job / "curves.png").is_file()
+    rows = summary(sweep)
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
+    vals = [float(r["best_val_acc"]) for r in rows]
+    assert vals == sorted(vals, reverse=True)
+    overrides = {r["overrides"] for r in rows}
+    assert "model=bn_cnn optimizer.lr=0.003 dataset=mnist epochs=2 batch_size=32 progress=False" in overrides
+    assert all(r["epochs"] == "2" and float(r["test_acc"]) > 0 for r in rows)
+    md = (sweep / "sweep_summary.md").read_text()
+    assert md.count("| completed |") == 4
+    assert_real_png(sweep / "sweep.png")
+    assert "sweep summary" in proc.stdout
+
+
+def test_failing_job_is_recorded_and_the_others_run(tmp_path: Path):
+    proc = cli("fmnist-train", "--multirun", "model=mlp", "optimizer=sgd", "optimizer.momentum=0.0",
+               "optimizer.lr=0.01,1e12,0.02", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
+    assert proc.returncode == 1  # the summary is written, and scripts still notice the failure
+    rows = {r["job"]: r for r in summary(tmp_path / "sweep")}
+    assert rows["1"]["status"] == "failed" and "NaN/inf" in rows["1"]["error"]
+    assert rows["0"]["status"] == rows["2"]["status"] == "completed"
+    assert list(rows) == ["0", "2", "1"] or list(rows) == ["2", "0", "1"]  # failures last
+
+
+def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path):
+    cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=1e-3,1e-2", "dataset=mnist", *FAST,
+        "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    for name in ("sweep_summary.csv", "sweep_summary.md", "sweep.png"):
+        (sweep / name).unlink()
+    (sweep / "1" / "metrics.json").unlink()  # a job that never got to write metrics
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(sweep)],
+                          capture_output=True, text=True, check=True)
+    rows = {r["job"]: r for r in summary(sweep)}
+    assert rows["0"]["status"] == "completed" and rows["1"]["status"] == "not started"
+    assert "| 0 | completed |" in proc.stdout
+    assert_real_png(sweep / "sweep.png")
+
+
+def test_runs_started_together_never_share_a_directory(tmp_path: Path):
+    exe = Path(sys.executable).with_name("fmnist-train")
+    procs = [subprocess.Popen([str(exe), "model=mlp", "dataset=mnist", "epochs=1", "progress=false"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    runs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 3 and all((r / "best.pt").is_file() for r in runs)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+                    reason="hydra-joblib-launcher is not installed (pip install .[sweep])")
+def test_parallel_jobs_with_joblib(tmp_path: Path):
+    cli("fmnist-train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp",
+        "optimizer.lr=1e-3,2e-3", "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    rows = summary(tmp_path / "sweep")
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+    assert "cpu threads 1" in (tmp_path / "sweep" / "0" / "train.log").read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="hydra-optuna-sweeper is not installed (pip install .[sweep])")
+def test_optuna_search_survives_a_crashing_trial(tmp_path: Path):
+    # lr is either fine or diverges; with this sampler seed the first trial crashes and a later one completes.
+    proc = cli("fmnist-train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=5",
+               "model=mlp", "dataset=mnist", "optimizer=sgd", "optimizer.momentum=0.0",
+               "hydra.sweeper.params={optimizer.lr:'choice(0.01,1e12)'}", *FAST, "hydra.sweep.dir=sweep",
+               cwd=tmp_path, check=False)
+    rows = {r["job"]: r for r in summary(tmp_path / "sweep")}
+    assert len(rows) == 3, proc.stdout + proc.stderr
+    assert rows["0"]["status"] == "failed" and "NaN/inf" in rows["0"]["error"]
+    assert any(r["status"] == "completed" for r in rows.values())
+    assert "Failed experiment" in proc.stdout + proc.stderr  # Optuna was told the trial failed
+    assert proc.returncode == 1
