@@ -27,6 +27,8 @@ def test_default_config_is_valid():
     ("progress=maybe", "progress='maybe' is not valid"),
     ("model.channels=[]", "model.channels=[] is not valid"),
     ("data.loader=dali", "data.loader='dali' is not valid: expected tensor or torchvision"),
+    ("compile=jit", "compile='jit' is not valid: expected none, torch or cudagraph"),
+    ("threads=0", "threads=0 is not valid"),
 ])
 def test_bad_values_are_named(override: str, expected: str):
     with pytest.raises(UserError) as info:
@@ -49,3 +51,19 @@ def test_auto_device_and_precision_on_cpu():
     assert resolve_precision("auto", torch.device("cpu")) is torch.float32
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_cudagraph_rules():
+    with pytest.raises(UserError, match="fixed learning rate"):
+        validate(compose("compile=cudagraph", "scheduler=cosine"))
+    with pytest.raises(UserError, match="fp16"):
+        validate(compose("compile=cudagraph", "precision=fp16"))
+
+
+def test_cudagraph_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from fmnist.engine import make_step_runner
+
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        make_step_runner("cudagraph", None, None, None, None, device=torch.device("cpu"), dtype=torch.float32)

@@ -31,8 +31,11 @@ def is_enabled(augment: DictConfig) -> bool:
     return augment.crop_padding > 0 or augment.hflip or augment.rotation > 0
 
 
-def augment_batch(images: torch.Tensor, augment: DictConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with padding, horizontal flip and small rotation for a float batch (B, C, H, W)."""
+def augment_batch(images: torch.Tensor, augment: DictConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Random crop with padding, horizontal flip and small rotation for a float batch (B, C, H, W).
+
+    generator=None draws from the device's default generator (what a captured CUDA graph can replay).
+    """
     b, c, h, w = images.shape
     dev = images.device
     if augment.crop_padding > 0:

@@ -18,6 +18,9 @@ from torch import nn
 from fmnist.errors import UserError
 from fmnist.models import Classifier
 
+FUSED = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}
+CAPTURABLE = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.RMSprop"}
+
 # Losses that take log-probabilities rather than logits: the model then ends in log-softmax.
 LOG_PROB_LOSSES = {"torch.nn.NLLLoss", "torch.nn.modules.loss.NLLLoss"}
 
@@ -43,17 +46,19 @@ def build_loss(cfg: DictConfig) -> nn.Module:
 
 
 def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    """cfg.optimizer over the parameters; on CUDA the fused kernels where the optimizer has them."""
+    """cfg.optimizer over the parameters; on CUDA the fused kernels where the optimizer has them, and
+    graph-safe state (capturable) when the step is captured in a CUDA graph."""
     factory: Callable[..., torch.optim.Optimizer] = _make("optimizer", cfg.optimizer)
-    extra = {"fused": True} if device.type == "cuda" and _has_fused(cfg.optimizer) else {}
+    target = cfg.optimizer.get("_target_")
+    extra: dict[str, Any] = {}
+    if device.type == "cuda" and target in FUSED:
+        extra["fused"] = True
+    if device.type == "cuda" and cfg.get("compile") == "cudagraph" and target in CAPTURABLE:
+        extra["capturable"] = True
     try:
         return factory(params, **extra)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"optimizer: {' '.join(str(exc).split())}") from None
-
-
-def _has_fused(node: DictConfig) -> bool:
-    return node.get("_target_") in {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int

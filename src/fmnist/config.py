@@ -96,10 +96,16 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
          "auto, cpu, cuda, cuda:N or mps"),
     Rule("precision", _one_of("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
+    Rule("compile", _one_of("none", "torch", "cudagraph"), "none, torch or cudagraph", required=False),
     Rule("num_workers", _int_at_least(0), "an integer >= 0"),
-    Rule("threads", lambda v: v == "auto" or _int_at_least(1)(v), "auto or an integer >= 1"),
+    Rule("threads", lambda v: v == "auto" or _int_at_least(1)(v), "auto or an integer >= 1", required=False),
     Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
     Rule("data.loader", _one_of("tensor", "torchvision"), "tensor or torchvision"),
+    Rule("resume", lambda v: v is None or (isinstance(v, str) and v != ""), "auto, a checkpoint or a run directory",
+         required=False),
+    Rule("checkpoint_every_steps", lambda v: v is None or _int_at_least(0)(v), "an integer >= 0 (0: off)",
+         required=False),
+    Rule("on_nan", _one_of("stop", "skip_batch"), "stop or skip_batch", required=False),
     Rule("dataset.name", _one_of("mnist", "fashion", "cifar10"), "mnist, fashion or cifar10"),
     Rule("dataset.root", lambda v: v is None or isinstance(v, str), "a directory path"),
     Rule("dataset.download", _is_bool, "true or false"),
@@ -149,6 +155,12 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
             f"dataset.mean and dataset.std need one value per channel ({cfg.dataset.channels}), "
             f"got {list(cfg.dataset.mean)} and {list(cfg.dataset.std)}"
         )
+    if cfg.get("compile") == "cudagraph" and cfg.scheduler.get("_target_"):
+        raise UserError("compile=cudagraph replays a fixed learning rate: use scheduler=none, or compile=none/torch")
+    if cfg.get("compile") == "cudagraph" and cfg.get("on_nan") == "skip_batch":
+        raise UserError("compile=cudagraph cannot skip single batches: use on_nan=stop, or compile=none/torch")
+    if cfg.get("compile") == "cudagraph" and cfg.precision == "fp16":
+        raise UserError("compile=cudagraph does not support precision=fp16 (loss scaling): use bf16 or fp32")
     if len(cfg.dataset.classes) != cfg.dataset.num_classes:
         raise UserError(
             f"dataset.classes has {len(cfg.dataset.classes)} names but dataset.num_classes="

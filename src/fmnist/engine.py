@@ -10,11 +10,13 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from fmnist.errors import UserError
 from fmnist.runtime import autocast
 
 REFRESH_EVERY = 25  # batches between progress-bar updates (each costs one host sync)
@@ -22,10 +24,23 @@ REFRESH_EVERY = 25  # batches between progress-bar updates (each costs one host 
 
 @dataclass
 class EpochStats:
-    loss: float
-    accuracy: float
+    """Running sums of a (possibly partial) epoch: exact, so a resumed epoch ends with the same numbers."""
+
+    loss_sum: float
+    correct: int
     samples: int
     seconds: float
+    steps: int
+    completed: bool = True
+    skipped: int = 0  # batches whose loss was NaN/inf, with on_nan=skip_batch
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.samples, 1)
 
     @property
     def samples_per_s(self) -> float:
@@ -54,24 +69,44 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
-def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
-                    optimizer: torch.optim.Optimizer, *, device: torch.device, dtype: torch.dtype,
-                    scaler: torch.amp.GradScaler | None = None,
+def train_one_epoch(model: nn.Module, batches: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    device: torch.device, dtype: torch.dtype, scaler: torch.amp.GradScaler | None = None,
                     step_scheduler: Callable[[], None] | None = None, progress: bool = False,
-                    desc: str = "train") -> EpochStats:
-    """One pass over `batches` with an optimizer step per batch; raises NonFiniteLoss on NaN/inf."""
+                    desc: str = "train", runner: GraphedStep | None = None, start: EpochStats | None = None,
+                    after_step: Callable[[int, Callable[[], EpochStats]], bool] | None = None,
+                    skip_nonfinite: bool = False) -> EpochStats:
+    """One pass over `batches` with an optimizer step per batch; raises NonFiniteLoss on NaN/inf.
+
+    `start` continues a partial epoch (its batches are skipped, its sums carried on). `after_step` is
+    called after every batch with the step number and a function that reads the stats so far (one host
+    sync, so only when needed); it returns True to stop early, and the result is then a partial epoch
+    (completed=False) that a later call can continue. With `skip_nonfinite` a batch whose loss is
+    NaN/inf gets no optimizer step (one host sync per batch). With a `runner` (compile=cudagraph) full
+    batches replay one captured CUDA graph; a last partial batch runs eagerly.
+    """
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    start = time.perf_counter()
-    bar = tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for step, (x, y) in enumerate(bar, 1):
+    start = start or EpochStats(0.0, 0, 0, 0.0, 0)
+    loss_sum = torch.tensor(start.loss_sum, device=device)
+    correct = torch.tensor(start.correct, device=device, dtype=torch.int64)
+    seen, skipped, step = start.samples, start.skipped, start.steps
+    clock = time.perf_counter()
+
+    def stats(completed: bool) -> EpochStats:
+        total_loss, total_correct = _totals(loss_sum, correct, runner)
+        return EpochStats(total_loss.item(), int(total_correct.item()), seen,
+                          start.seconds + time.perf_counter() - clock, step, completed, skipped)
+
+    def eager_step(x: torch.Tensor, y: torch.Tensor) -> int:
+        """One optimizer step; returns the samples it counted (0 for a skipped batch)."""
+        nonlocal loss_sum, correct, skipped
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, dtype):
             out = model(x)
             loss = loss_fn(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
+        if skip_nonfinite and not torch.isfinite(loss):
+            skipped += 1
+            return 0
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -79,20 +114,119 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
         else:
             loss.backward()
             optimizer.step()
-        if step_scheduler is not None:
-            step_scheduler()
         loss_sum += loss.detach() * len(y)
         correct += (out.detach().argmax(1) == y).sum()
-        seen += len(y)
-        if progress and step % REFRESH_EVERY == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}")
-        if step % REFRESH_EVERY == 0 and not torch.isfinite(loss_sum):
-            raise NonFiniteLoss(step)
+        return len(y)
+
+    if runner is not None:
+        runner.reset()
+        items: Iterable = runner.batches.index_batches(step)
+    else:
+        items = batches.iter_from(step)
+    bar = tqdm(items, total=len(batches), initial=step, desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True)
+    for item in bar:
+        step += 1
+        if runner is None:
+            seen += eager_step(*item)
+        elif len(item) == runner.batch_size:
+            runner.step(item)
+            seen += len(item)
+        else:  # inside a graph augmentation draws from the default generator; outside it too
+            seen += eager_step(*runner.batches.gather(item, None))
+        if step_scheduler is not None:
+            step_scheduler()
+        if step % REFRESH_EVERY == 0:
+            now = stats(completed=False)
+            if progress:
+                bar.set_postfix(loss=f"{now.loss:.4f}", acc=f"{now.accuracy:.2%}")
+            if not math.isfinite(now.loss_sum):
+                raise NonFiniteLoss(step)
+        if after_step is not None and step < len(batches) and after_step(step, lambda: stats(completed=False)):
+            bar.close()
+            return stats(completed=False)
     bar.close()
-    total = loss_sum.item()
-    if not math.isfinite(total):
-        raise NonFiniteLoss(seen)
-    return EpochStats(total / max(seen, 1), correct.item() / max(seen, 1), seen, time.perf_counter() - start)
+    result = stats(completed=True)
+    if not math.isfinite(result.loss_sum):
+        raise NonFiniteLoss(step)
+    return result
+
+
+def _totals(loss_sum: torch.Tensor, correct: torch.Tensor, runner: GraphedStep | None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    if runner is None:
+        return loss_sum, correct
+    return loss_sum + runner.loss_sum, correct + runner.correct
+
+
+class GraphedStep:
+    """The whole training step for one full batch, captured once as a CUDA graph and replayed.
+
+    Static buffers: the batch's indices (copied in before each replay) and the running loss/correct sums.
+    The data are already on the device (TensorBatches), so a replay does gather, normalise, augment,
+    forward, backward and the optimizer step with no host work beyond one index copy. The first
+    WARMUP calls run eagerly on a side stream (as CUDA graphs require), then the step is captured.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batches: Any,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.model, self.loss_fn, self.optimizer, self.batches = model, loss_fn, optimizer, batches
+        self.device, self.dtype = device, dtype
+        self.batch_size = batches.batch_size
+        self.idx = torch.zeros(self.batch_size, dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def _body(self) -> None:
+        x, y = self.batches.gather(self.idx, None)
+        with autocast(self.device, self.dtype):
+            out = self.model(x)
+            loss = self.loss_fn(out.float(), y)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach() * self.batch_size
+        self.correct += (out.detach().argmax(1) == y).sum()
+
+    def step(self, idx: torch.Tensor) -> None:
+        self.idx.copy_(idx, non_blocking=True)
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        self.calls += 1
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._body()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        if self.calls == self.WARMUP:
+            # The captured backward writes fresh gradients each replay: start capture from no gradients.
+            # Capture records the kernels without running them, so this batch is not trained twice.
+            self.optimizer.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._body()
+            self.graph = graph
+
+
+def make_step_runner(compile_mode: str, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                     batches: Any, *, device: torch.device, dtype: torch.dtype) -> GraphedStep | None:
+    """A GraphedStep for compile=cudagraph on CUDA with device-resident data; None means the eager loop."""
+    if compile_mode != "cudagraph":
+        return None
+    if device.type != "cuda":
+        raise UserError("compile=cudagraph needs a CUDA device; use compile=none or compile=torch")
+    if not hasattr(batches, "index_batches"):
+        raise UserError("compile=cudagraph needs data.loader=tensor (the data must live on the GPU)")
+    return GraphedStep(model, loss_fn, optimizer, batches, device, dtype)
 
 
 @torch.inference_mode()

@@ -6,6 +6,7 @@ run is reproducible and a resumed run sees the data in the order the uninterrupt
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -28,6 +29,8 @@ class Batches(Protocol):
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def set_epoch(self, epoch: int) -> None: ...
 
@@ -55,34 +58,47 @@ class TensorBatches:
         self.batch_size, self.normalize = batch_size, normalize
         self.shuffle, self.seed, self.augment = shuffle, seed, augment
         self.num_samples = len(labels)
-        self.epoch = 0
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        """Fix this epoch's order and start its augmentation generator (seeded by seed and epoch alone)."""
         self.epoch = epoch
+        self.generator = None
+        if self.augment is not None:
+            self.generator = torch.Generator(device=self.images.device)
+            self.generator.manual_seed(epoch_seed(self.seed, epoch) + 1)
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        device = self.images.device
-        order = None
-        generator = None
-        if self.shuffle:
-            cpu_gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-            order = torch.randperm(self.num_samples, generator=cpu_gen).to(device)
-        if self.augment is not None:
-            generator = torch.Generator(device=device).manual_seed(epoch_seed(self.seed, self.epoch) + 1)
-        for start in range(0, self.num_samples, self.batch_size):
-            if order is None:
+        return self.iter_from(0)
+
+    def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of this epoch from batch `step` on (a resumed epoch skips what was done)."""
+        if not self.shuffle:  # evaluation: contiguous slices, no gather
+            for start in range(step * self.batch_size, self.num_samples, self.batch_size):
                 x = self.images[start:start + self.batch_size]
-                y = self.labels[start:start + self.batch_size]
-            else:
-                idx = order[start:start + self.batch_size]
-                x, y = self.images[idx], self.labels[idx]
-            x = x.float()
-            if generator is not None:
-                x = augment_batch(x, self.augment, generator)
-            yield self.normalize(x), y
+                yield self.prepare(x, self.generator), self.labels[start:start + self.batch_size]
+            return
+        for idx in self.index_batches(step):
+            yield self.gather(idx, self.generator)
+
+    def index_batches(self, step: int = 0) -> Iterator[torch.Tensor]:
+        """This epoch's shuffled order, batch by batch from batch `step`, as index tensors on the device."""
+        cpu_gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.num_samples, generator=cpu_gen).to(self.images.device)
+        yield from order.split(self.batch_size)[step:]
+
+    def gather(self, idx: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at `idx`, ready for the model. Pure tensor ops: a CUDA graph can capture it."""
+        return self.prepare(self.images[idx], generator), self.labels[idx]
+
+    def prepare(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        x = images.float()
+        if self.augment is not None:
+            x = augment_batch(x, self.augment, generator)
+        return self.normalize(x)
 
 
 class TorchvisionBatches:
@@ -105,6 +121,10 @@ class TorchvisionBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self.loader)
+
+    def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from `step` on: the same seeded order, the skipped batches drawn and dropped."""
+        return itertools.islice(iter(self.loader), step, None)
 
 
 def _check_split(split: str) -> None:

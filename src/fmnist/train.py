@@ -1,31 +1,39 @@
 """One training run: the pieces built from the config, the epoch loop, and the artifacts it leaves.
 
 Reads top to bottom like the recipe it is: data, model, optimizer, loop (train one epoch, validate,
-checkpoint), then the best weights on the test set, metrics and figures.
+checkpoint), then the best weights on the test set, metrics and figures. A run can stop at any step
+(SIGINT/SIGTERM, a crash) and `resume` continues it from `last.pt` to the same weights and metrics.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist.build import build_loss, build_model, build_optimizer, build_scheduler
 from fmnist.checkpoint import load_checkpoint, save_checkpoint
 from fmnist.config import validate
-from fmnist.engine import EvalResult, NonFiniteLoss, evaluate, train_one_epoch
+from fmnist.engine import EpochStats, EvalResult, NonFiniteLoss, evaluate, make_step_runner, train_one_epoch
 from fmnist.errors import UserError
+from fmnist.interrupt import Interrupted, StopRequest
 from fmnist.loaders import make_batches
 from fmnist.metrics import class_report, write_history
 from fmnist.plots import plot_confusion, plot_curves
 from fmnist.runtime import resolve_device, resolve_precision, seed_everything, show_progress
 
 log = logging.getLogger("fmnist")
+
+# Keys a resumed run may change; everything else comes from the checkpoint, so the run stays the same run.
+RESUMABLE_OVERRIDES = ("epochs", "device", "progress", "num_workers", "threads", "checkpoint_every_steps",
+                       "on_nan", "dataset.root", "dataset.download")
 
 
 @dataclass
@@ -38,9 +46,15 @@ class RunResult:
 
 
 def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None) -> RunResult:
-    """Train cfg's model on cfg's dataset and write every artifact into out_dir."""
+    """Train cfg's model on cfg's dataset (or continue `cfg.resume`) and write every artifact into out_dir."""
     validate(cfg)
     started = time.perf_counter()
+    resume_from = _resume_source(cfg, out_dir)
+    resumed = load_checkpoint(resume_from) if resume_from else None
+    if resumed is not None:
+        out_dir = resume_from.parent
+        cfg = _resumed_config(resumed, cfg)
+        choices = resumed.get("choices", choices)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
@@ -53,11 +67,38 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
     train_batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
     val_batches = make_batches(cfg, "val", device, batch_size=cfg.eval_batch_size, training=False)
     model = build_model(cfg).to(device)
+    if device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    # compile=torch compiles the module the loop calls; checkpoints keep saving the plain module's weights.
+    compile_mode = cfg.get("compile", "none")
+    net = torch.compile(model) if compile_mode == "torch" else model
     loss_fn = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model.parameters(), device)
     scheduler, interval = build_scheduler(cfg, optimizer, len(train_batches))
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
     step_scheduler = scheduler.step if scheduler is not None and interval == "step" else None
+    runner = make_step_runner(compile_mode, net, loss_fn, optimizer, train_batches, device=device, dtype=dtype)
+
+    history: list[dict[str, Any]] = []
+    best_epoch, best_val_acc, done_epochs = 0, -1.0, 0
+    partial: EpochStats | None = None
+    epoch_lr: float | None = None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if scheduler is not None and resumed.get("scheduler"):
+            scheduler.load_state_dict(resumed["scheduler"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        history = list(resumed["metrics"]["history"])
+        best_epoch, best_val_acc = resumed["metrics"]["best_epoch"], resumed["metrics"]["best_val_acc"]
+        done_epochs = resumed["epoch"]
+        if resumed.get("partial"):
+            partial = EpochStats(**resumed["partial"]["stats"])
+            epoch_lr = resumed["partial"]["lr"]
+        _set_rng_state(resumed["rng"])
+        log.info("resuming %s: %d epochs done%s", resume_from, done_epochs,
+                 f", epoch {done_epochs + 1} at step {partial.steps}" if partial else "")
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s: %d train / %d val images | model %s (%s parameters) | optimizer %s lr %g | %s %s | loader %s",
@@ -66,58 +107,88 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
              str(dtype).removeprefix("torch."), cfg.data.loader)
     log.info("run directory: %s", out_dir)
 
-    history: list[dict[str, Any]] = []
-    best_epoch, best_val_acc = 0, -1.0
-    for epoch in range(1, cfg.epochs + 1):
-        epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_batches.set_epoch(epoch)
-        try:
-            train = train_one_epoch(model, train_batches, loss_fn, optimizer, device=device, dtype=dtype,
-                                    scaler=scaler, step_scheduler=step_scheduler, progress=progress,
-                                    desc=f"epoch {epoch}/{cfg.epochs}")
-        except NonFiniteLoss as exc:
-            last = out_dir / "last.pt"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise UserError(f"epoch {epoch}: {exc}; {kept}. Try a lower optimizer.lr") from None
-        if scheduler is not None and interval == "epoch":
-            scheduler.step()
-        val = evaluate(model, val_batches, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
-                       progress=progress, desc="validate")
-        row = {
-            "epoch": epoch,
-            "train_loss": train.loss,
-            "train_acc": train.accuracy,
-            "val_loss": val.loss,
-            "val_acc": val.accuracy,
-            "lr": lr,
-            "seconds": time.perf_counter() - epoch_start,
-            "samples_per_s": train.samples_per_s,
-        }
-        history.append(row)
-        improved = val.accuracy > best_val_acc
-        if improved:
-            best_epoch, best_val_acc = epoch, val.accuracy
-        metrics = {"history": history, "best_epoch": best_epoch, "best_val_acc": best_val_acc, "test": None,
-                   "status": "running"}
-        payload = {
+    def payload(epochs_done: int, in_progress: EpochStats | None, lr: float | None, status: str) -> dict[str, Any]:
+        """Everything needed to continue exactly from here."""
+        return {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch,
+            "epoch": epochs_done,
+            "partial": {"stats": asdict(in_progress), "lr": lr,
+                        "data_rng": train_batches.generator.get_state()
+                        if getattr(train_batches, "generator", None) is not None else None}
+            if in_progress is not None else None,
             "config": config,
             "choices": choices,
             "class_names": class_names,
-            "metrics": metrics,
+            "metrics": {"history": history, "best_epoch": best_epoch, "best_val_acc": best_val_acc, "test": None,
+                        "status": status},
+            "rng": _rng_state(),
         }
-        save_checkpoint(payload, out_dir / "last.pt")
-        if improved:
-            save_checkpoint(payload, out_dir / "best.pt")
-        write_history(out_dir, history, {k: v for k, v in metrics.items() if k != "history"})
-        log.info("epoch %d/%d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | lr %.2e | %.1fs | "
-                 "%s samples/s", epoch, cfg.epochs, train.loss, 100 * train.accuracy, val.loss,
-                 100 * val.accuracy, " *" if improved else "", lr, row["seconds"], f"{train.samples_per_s:,.0f}")
+
+    every = cfg.get("checkpoint_every_steps") or 0
+    skip_nonfinite = cfg.get("on_nan", "stop") == "skip_batch"
+    with StopRequest() as stop:
+        for epoch in range(done_epochs + 1, cfg.epochs + 1):
+            train_batches.set_epoch(epoch)
+            if partial is not None and resumed["partial"]["data_rng"] is not None:
+                train_batches.generator.set_state(resumed["partial"]["data_rng"])
+            lr = epoch_lr if epoch_lr is not None else optimizer.param_groups[0]["lr"]
+
+            def after_step(step: int, snapshot: Any, lr: float = lr, epoch: int = epoch) -> bool:
+                if stop:
+                    return True
+                if every and step % every == 0:
+                    save_checkpoint(payload(epoch - 1, snapshot(), lr, "running"), out_dir / "last.pt")
+                return False
+
+            try:
+                train = train_one_epoch(net, train_batches, loss_fn, optimizer, device=device, dtype=dtype,
+                                        scaler=scaler, step_scheduler=step_scheduler, progress=progress,
+                                        desc=f"epoch {epoch}/{cfg.epochs}", runner=runner, start=partial,
+                                        after_step=after_step, skip_nonfinite=skip_nonfinite)
+            except NonFiniteLoss as exc:
+                last = out_dir / "last.pt"
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                raise UserError(f"epoch {epoch}: {exc}; {kept}. Try a lower optimizer.lr, or on_nan=skip_batch") \
+                    from None
+            partial, epoch_lr = None, None
+            if not train.completed:
+                save_checkpoint(payload(epoch - 1, train, lr, "interrupted"), out_dir / "last.pt")
+                raise _interrupted(stop, out_dir, f"epoch {epoch} step {train.steps}")
+            if train.skipped:
+                log.warning("epoch %d: skipped %d batches with a NaN/inf loss (on_nan=skip_batch)", epoch,
+                            train.skipped)
+            if scheduler is not None and interval == "epoch":
+                scheduler.step()
+            val = evaluate(net, val_batches, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
+                           progress=progress, desc="validate")
+            row = {
+                "epoch": epoch,
+                "train_loss": train.loss,
+                "train_acc": train.accuracy,
+                "val_loss": val.loss,
+                "val_acc": val.accuracy,
+                "lr": lr,
+                "seconds": train.seconds + val.seconds,
+                "samples_per_s": train.samples_per_s,
+            }
+            history.append(row)
+            improved = val.accuracy > best_val_acc
+            if improved:
+                best_epoch, best_val_acc = epoch, val.accuracy
+            state = payload(epoch, None, None, "running")
+            save_checkpoint(state, out_dir / "last.pt")
+            if improved:
+                save_checkpoint(state, out_dir / "best.pt")
+            write_history(out_dir, history, {k: v for k, v in state["metrics"].items() if k != "history"})
+            log.info("epoch %d/%d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | lr %.2e | %.1fs | "
+                     "%s samples/s", epoch, cfg.epochs, train.loss, 100 * train.accuracy, val.loss,
+                     100 * val.accuracy, " *" if improved else "", lr, row["seconds"],
+                     f"{train.samples_per_s:,.0f}")
+            if stop:
+                raise _interrupted(stop, out_dir, f"the end of epoch {epoch}")
 
     best = load_checkpoint(out_dir / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
@@ -148,3 +219,56 @@ def test_summary(result: EvalResult, class_names: list[str], epoch: int) -> dict
         "epoch": epoch,
         "per_class_accuracy": {row["class"]: row["accuracy"] for row in report["classes"]},
     }
+
+
+def _resume_source(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """resume=auto: this run directory's last.pt if there is one; resume=PATH: a checkpoint or a run dir."""
+    setting = cfg.get("resume")
+    if not setting:
+        return None
+    if setting == "auto":
+        candidate = out_dir / "last.pt"
+        return candidate if candidate.is_file() else None
+    path = Path(setting).expanduser()
+    path = path / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"resume={setting}: there is no checkpoint at {path}")
+    return path
+
+
+def _resumed_config(ckpt: dict[str, Any], current: DictConfig) -> DictConfig:
+    """The checkpoint's own config, with only the keys a resumed run may change taken from `current`."""
+    cfg = OmegaConf.create(ckpt["config"])
+    for key in RESUMABLE_OVERRIDES:
+        value = OmegaConf.select(current, key, default=None)
+        if value is not None:
+            OmegaConf.update(cfg, key, value, force_add=True)
+    validate(cfg)
+    if cfg.epochs < ckpt["epoch"]:
+        raise UserError(f"epochs={cfg.epochs} is fewer than the {ckpt['epoch']} epochs the checkpoint has done")
+    return cfg
+
+
+def _interrupted(stop: StopRequest, out_dir: Path, where: str) -> Interrupted:
+    return Interrupted(f"stopped by {stop.name} at {where}; saved {out_dir / 'last.pt'}. Resume with: "
+                       f"fmnist-train hydra.run.dir={out_dir} resume=auto", stop.signum or 2)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every random generator's state, as plain data a weights_only load accepts."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

@@ -23,8 +23,9 @@ def report_user_errors(prog: str, body: Callable[[], T], on_error: Callable[[str
         if on_error is not None:
             on_error(str(exc))
         logging.shutdown()
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        code = getattr(exc, "exit_code", 2)
+        print(f"{prog}: {'error: ' if code == 2 else ''}{exc}", file=sys.stderr)
+        sys.exit(code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 from fmnist.cli.common import report_user_errors
 from fmnist.config import CONFIG_DIR
 from fmnist.errors import UserError
+from fmnist.interrupt import Interrupted
 from fmnist.metrics import record_failure
 from fmnist.runtime import configure_threads
 from fmnist.train import run_training
@@ -44,6 +46,9 @@ def main(cfg: DictConfig) -> float:
     # Optuna sweeper records a trial that raised as FAIL (and chokes on NaN), so it gets the exception.
     try:
         return train()
+    except Interrupted as exc:  # Ctrl-C stops the whole sweep, not just this job
+        print(f"fmnist-train: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     except UserError as exc:
         message = str(exc)
         error: Exception = exc

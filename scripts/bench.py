@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Training throughput of fmnist's engine against the tutorial loop, side by side in one run.
+
+    python scripts/bench.py --root ../shared/data                 # every pair, CPU (and CUDA if present)
+    python scripts/bench.py --root DATA --device cuda --pairs cnn:fashion,mlp:fashion
+
+Rows, for each model:dataset pair and device:
+  tutorial       torchvision Dataset -> DataLoader -> PIL ToTensor/Normalize, batch 64, loss.item() per batch
+  engine b64     fmnist's tensor data path + train_one_epoch, batch 64
+  engine b512    the same at batch 512
+  (CUDA also: compile=torch and compile=cudagraph at both batch sizes)
+Then time-to-accuracy: seconds of training (evaluation excluded) until the test accuracy reaches the target.
+Prints markdown tables; --json writes every number too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms
+
+from fmnist.build import build_loss, build_model, build_optimizer
+from fmnist.config import CONFIG_DIR
+from fmnist.datasets import open_dataset
+from fmnist.engine import evaluate, make_step_runner, train_one_epoch
+from fmnist.loaders import make_batches
+from fmnist.runtime import resolve_precision
+
+PAIRS = ("cnn:fashion", "mlp:fashion", "bn_cnn:mnist", "feedforward:cifar10")
+TARGETS = {"cnn:fashion": 0.91, "bn_cnn:mnist": 0.97, "mlp:fashion": 0.86}
+
+
+def config(model: str, dataset: str, root: str, device: str, **extra: object) -> DictConfig:
+    overrides = [f"model={model}", f"dataset={dataset}", f"dataset.root={root}", f"device={device}",
+                 "progress=false", *(f"{k}={v}" for k, v in extra.items())]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tutorial_loop(cfg: DictConfig, device: torch.device, samples: int) -> float:
+    """The reference: what the tutorials do. Returns samples/s over `samples` training images."""
+    mean, std = list(cfg.dataset.mean), list(cfg.dataset.std)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    ds = Subset(open_dataset(cfg.dataset, train=True, transform=tf), range(samples))
+    loader = DataLoader(ds, batch_size=64, shuffle=True)
+    model = build_model(cfg).to(device)
+    loss_fn = build_loss(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
+    model.train()
+    running = 0.0
+    start = None
+    for i, (x, y) in enumerate(loader):
+        if i == 5:  # warm-up excluded
+            sync(device)
+            start, seen = time.perf_counter(), 0
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+        if start is not None:
+            seen += len(y)
+    sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def engine_throughput(cfg: DictConfig, device: torch.device, samples: int) -> tuple[float, float]:
+    """fmnist's engine on the first `samples` training images: (samples/s, one-time warm-up seconds)."""
+    batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
+    batches.images, batches.labels = batches.images[:samples], batches.labels[:samples]
+    batches.num_samples = min(samples, batches.num_samples)
+    model = build_model(cfg).to(device)
+    loss_fn = build_loss(cfg).to(device)
+    optimizer = build_optimizer(cfg, model.parameters(), device)
+    dtype = resolve_precision(cfg.precision, device)
+    runner = make_step_runner(cfg.compile, model, loss_fn, optimizer, batches, device=device, dtype=dtype)
+    start = time.perf_counter()
+    train_one_epoch(model, batches, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)  # warm-up/capture
+    sync(device)
+    warmup = time.perf_counter() - start
+    batches.set_epoch(2)
+    stats = train_one_epoch(model, batches, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)
+    return stats.samples_per_s, warmup
+
+
+def time_to_accuracy(cfg: DictConfig, device: torch.device, target: float, max_epochs: int) -> tuple[float, int, float]:
+    """Training seconds (evaluation excluded) until test accuracy >= target: (seconds, epochs, accuracy)."""
+    torch.manual_seed(cfg.seed)
+    train = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
+    test = make_batches(cfg, "test", device, batch_size=cfg.eval_batch_size, training=False)
+    model = build_model(cfg).to(device)
+    loss_fn = build_loss(cfg).to(device)
+    optimizer = build_optimizer(cfg, model.parameters(), device)
+    dtype = resolve_precision(cfg.precision, device)
+    runner = make_step_runner(cfg.compile, model, loss_fn, optimizer, train, device=device, dtype=dtype)
+    spent, acc = 0.0, 0.0
+    for epoch in range(1, max_epochs + 1):
+        train.set_epoch(epoch)
+        sync(device)
+        start = time.perf_counter()
+        train_one_epoch(model, train, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)
+        sync(device)
+        spent += time.perf_counter() - start
+        acc = evaluate(model, test, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype).accuracy
+        if acc >= target:
+            return spent, epoch, acc
+    return float("nan"), max_epochs, acc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="data directory in torchvision's layout")
+    parser.add_argument("--device", default="all", help="cpu, cuda or all (every device present)")
+    parser.add_argument("--pairs", default=",".join(PAIRS), help="model:dataset pairs")
+    parser.add_argument("--samples", type=int, default=16384, help="training images per throughput measurement")
+    parser.add_argument("--tta-epochs", type=int, default=10, help="epochs allowed for time-to-accuracy (0: skip)")
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    args = parser.parse_args()
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d != "cuda" or torch.cuda.is_available()]
+    rows, tta = [], []
+    for dev_name in devices:
+        device = torch.device(dev_name)
+        variants = [("none", 64), ("none", 512)]
+        if device.type == "cuda":
+            variants += [("torch", 512), ("cudagraph", 64), ("cudagraph", 512)]
+        for pair in args.pairs.split(","):
+            model, dataset = pair.split(":")
+            base = config(model, dataset, args.root, dev_name)
+            samples = args.samples if device.type == "cpu" else max(args.samples, 50000)
+            ref = tutorial_loop(base, device, min(samples, 8192) if device.type == "cpu" else samples)
+            rows.append({"device": dev_name, "pair": pair, "loop": "tutorial b64", "samples_per_s": ref, "ratio": 1.0})
+            print(f"{dev_name} {pair} tutorial: {ref:,.0f} samples/s", file=sys.stderr)
+            for compile_mode, bs in variants:
+                cfg = config(model, dataset, args.root, dev_name, batch_size=bs, compile=compile_mode)
+                sps, warm = engine_throughput(cfg, device, samples)
+                rows.append({"device": dev_name, "pair": pair, "loop": f"engine {compile_mode} b{bs}",
+                             "samples_per_s": sps, "ratio": sps / ref, "warmup_s": warm})
+                print(f"{dev_name} {pair} engine {compile_mode} b{bs}: {sps:,.0f} samples/s", file=sys.stderr)
+            if device.type == "cuda":
+                rows[-1]["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+                torch.cuda.reset_peak_memory_stats(device)
+        if args.tta_epochs:
+            for pair, target in TARGETS.items():
+                if pair not in args.pairs.split(","):
+                    continue
+                model, dataset = pair.split(":")
+                best = "cudagraph" if device.type == "cuda" else "none"
+                cfg = config(model, dataset, args.root, dev_name, compile=best)
+                seconds, epochs, acc = time_to_accuracy(cfg, device, target, args.tta_epochs)
+                tta.append({"device": dev_name, "pair": pair, "target": target, "seconds": seconds, "epochs": epochs,
+                            "accuracy": acc, "compile": best})
+                print(f"{dev_name} {pair} time to {target:.0%}: {seconds:.1f}s", file=sys.stderr)
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"\nThroughput ({name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads)\n")
+    print("| device | model:dataset | loop | samples/s | s/epoch (train split) | x tutorial | warm-up s |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        n_train = 45000 if r["pair"].endswith("cifar10") else 54000
+        print(f"| {r['device']} | {r['pair']} | {r['loop']} | {r['samples_per_s']:,.0f} | "
+              f"{n_train / r['samples_per_s']:.2f} | {r['ratio']:.1f} | {r.get('warmup_s', float('nan')):.2f} |")
+    if tta:
+        print("\nTime to accuracy (training seconds, evaluation excluded; batch 64, default recipe)\n")
+        print("| device | model:dataset | target | seconds | epochs | test accuracy |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for t in tta:
+            print(f"| {t['device']} | {t['pair']} | {t['target']:.0%} | {t['seconds']:.1f} | {t['epochs']} | "
+                  f"{t['accuracy']:.2%} |")
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "throughput": rows, "time_to_accuracy": tta}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

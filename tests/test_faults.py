@@ -1,0 +1,193 @@
+"""Training that survives faults, tested through the real CLI: kill -9, SIGTERM/SIGINT, torn writes, NaN, disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli, compose
+
+from fmnist import checkpoint as checkpoint_module
+from fmnist.build import build_loss, build_model, build_optimizer
+from fmnist.checkpoint import load_checkpoint, save_checkpoint
+from fmnist.engine import train_one_epoch
+from fmnist.errors import UserError
+from fmnist.loaders import make_batches
+
+# A recipe that uses every source of randomness: shuffling, augmentation and dropout.
+RECIPE = ("model=mlp", "dataset=mnist", "epochs=4", "batch_size=16", "seed=11", "progress=false",
+          "dataset.augment.crop_padding=2", "dataset.augment.hflip=true", "checkpoint_every_steps=2")
+TIMING = ("seconds", "samples_per_s")
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).with_name("fmnist-train")
+    return subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_new_checkpoint(path: Path, after: float, proc: subprocess.Popen[str], timeout: float = 120) -> bool:
+    """Until `path` is newer than `after`; False if the process ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.stat().st_mtime > after:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError(f"no checkpoint at {path} within {timeout}s")
+
+
+def same_run(a: Path, b: Path) -> None:
+    for name in ("last.pt", "best.pt"):
+        wa, wb = load_checkpoint(a / name)["model"], load_checkpoint(b / name)["model"]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{name} weights differ"
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    strip = lambda m: [{k: v for k, v in row.items() if k not in TIMING} for row in m["history"]]  # noqa: E731
+    assert strip(ma) == strip(mb)
+    assert ma["test"] == mb["test"] and ma["best_epoch"] == mb["best_epoch"]
+
+
+def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path: Path):
+    cli("fmnist-train", *RECIPE, "hydra.run.dir=straight", cwd=tmp_path)
+    rng = random.Random(1234)
+    run, kills = tmp_path / "killed", 0
+    last = run / "last.pt"
+    for attempt in range(8):
+        extra = ("resume=auto",) if attempt else ()
+        proc = start(*RECIPE, *extra, "hydra.run.dir=killed", cwd=tmp_path)
+        if kills < 3:
+            before = last.stat().st_mtime if last.exists() else 0.0
+            if wait_for_new_checkpoint(last, before, proc):
+                time.sleep(rng.uniform(0.0, 0.3))
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+        load_checkpoint(last)  # whatever the instant of the kill, last.pt is whole
+    assert proc.returncode == 0 and kills >= 2, f"{kills} kills; {err}"
+    assert "resuming" in out
+    same_run(tmp_path / "straight", run)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_last_and_resume_finishes(tmp_path: Path, sig: signal.Signals, code: int):
+    recipe = (*RECIPE[:2], "epochs=300", *RECIPE[3:])
+    proc = start(*recipe, "hydra.run.dir=run", cwd=tmp_path)
+    assert wait_for_new_checkpoint(tmp_path / "run" / "last.pt", 0.0, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"stopped by {sig.name}" in err and "resume=auto" in err and "Traceback" not in err
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["metrics"]["status"] == "interrupted"
+    done = ckpt["epoch"]
+    cli("fmnist-train", *recipe[:2], f"epochs={done + 1}", *recipe[3:], "hydra.run.dir=run", "resume=auto",
+        cwd=tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["history"]) == done + 1
+
+
+def test_resume_from_a_run_directory_continues_there(tmp_path: Path):
+    cli("fmnist-train", *RECIPE[:2], "epochs=1", *RECIPE[3:], "hydra.run.dir=first", cwd=tmp_path)
+    proc = cli("fmnist-train", f"resume={tmp_path / 'first'}", "epochs=2", "progress=false", cwd=tmp_path)
+    assert "resuming" in proc.stdout
+    history = json.loads((tmp_path / "first" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_failure_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError(errno.EIO, "injected failure before rename")
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", crash)
+    with pytest.raises(UserError, match="could not write checkpoint"):
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    with pytest.raises(UserError):  # written by save_checkpoint directly, so it lacks a run's fields
+        load_checkpoint(path)
+    kept = torch.load(path, weights_only=True)
+    assert kept["epoch"] == 1 and torch.equal(kept["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_disk_full_is_a_clear_error_and_the_previous_checkpoint_survives(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(UserError, match="No space left on device"):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+def test_unwritable_checkpoint_path_is_a_one_line_error(tmp_path: Path):
+    (tmp_path / "run" / "last.pt").mkdir(parents=True)  # something that is not a file is in the way
+    proc = cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "could not write checkpoint" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only directory")
+def test_read_only_output_directory(tmp_path: Path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    out.chmod(0o555)
+    try:
+        proc = cli("fmnist-train", *RECIPE[:2], "epochs=2", "progress=false", f"hydra.run.dir={out}",
+                   "resume=auto", "hydra.output_subdir=null", "hydra/job_logging=none", cwd=tmp_path, check=False)
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 2 and "could not write checkpoint" in proc.stderr
+    load_checkpoint(out / "last.pt")
+
+
+def test_nan_stop_names_epoch_step_and_last_good_checkpoint(tmp_path: Path):
+    proc = cli("fmnist-train", "model=mlp", "dataset=mnist", "optimizer=sgd", "optimizer.lr=1e12",
+               "optimizer.momentum=0.0", "epochs=2", "batch_size=8", "progress=false", "hydra.run.dir=r",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "epoch 1:" in line and "NaN/inf at step" in line and "no checkpoint was written yet" in line
+
+
+def test_on_nan_skip_batch_skips_only_the_bad_batches():
+    cfg = compose("model=mlp", "dataset=mnist", "batch_size=40")
+    batches = make_batches(cfg, "train", torch.device("cpu"), batch_size=40, training=True)
+    model = build_model(cfg)
+    loss = build_loss(cfg)
+    calls = {"n": 0}
+
+    def sometimes_nan(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        value = loss(out, y)
+        return value * float("nan") if calls["n"] in (2, 5) else value
+
+    optimizer = build_optimizer(cfg, model.parameters(), torch.device("cpu"))
+    stats = train_one_epoch(model, batches, sometimes_nan, optimizer, device=torch.device("cpu"),
+                            dtype=torch.float32, skip_nonfinite=True)
+    assert stats.skipped == 2 and stats.steps == len(batches)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
