@@ -27,11 +27,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
+from fmnist.augment import Normalize
 from fmnist.build import build_loss, build_model, build_optimizer
 from fmnist.config import CONFIG_DIR
 from fmnist.datasets import open_dataset
 from fmnist.engine import evaluate, make_step_runner, train_one_epoch
-from fmnist.loaders import make_batches
+from fmnist.loaders import TensorBatches, load_split, make_batches
 from fmnist.runtime import resolve_precision
 
 PAIRS = ("cnn:fashion", "mlp:fashion", "bn_cnn:mnist", "feedforward:cifar10")
@@ -50,39 +51,65 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def tutorial_loop(cfg: DictConfig, device: torch.device, samples: int) -> float:
-    """The reference: what the tutorials do. Returns samples/s over `samples` training images."""
+def tutorial_loop(cfg: DictConfig, device: torch.device, samples: int, epochs: int = 1
+                  ) -> tuple[float, torch.nn.Module]:
+    """The reference: what the tutorials do. Returns (samples/s after a 5-batch warm-up, the model)."""
     mean, std = list(cfg.dataset.mean), list(cfg.dataset.std)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-    ds = Subset(open_dataset(cfg.dataset, train=True, transform=tf), range(samples))
+    ds = open_dataset(cfg.dataset, train=True, transform=tf)
+    ds = Subset(ds, range(min(samples, len(ds))))
     loader = DataLoader(ds, batch_size=64, shuffle=True)
+    torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     loss_fn = build_loss(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
     model.train()
-    running = 0.0
-    start = None
-    for i, (x, y) in enumerate(loader):
-        if i == 5:  # warm-up excluded
-            sync(device)
-            start, seen = time.perf_counter(), 0
-        x, y = x.to(device), y.to(device)
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        running += loss.item()
-        if start is not None:
+    running, seen, start = 0.0, 0, None
+    for _ in range(epochs):
+        for x, y in loader:
+            if start is None and seen >= 5 * 64:  # warm-up excluded
+                sync(device)
+                start, seen = time.perf_counter(), 0
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
             seen += len(y)
     sync(device)
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), model
+
+
+def accuracy_check(root: str, device: torch.device, epochs: int) -> list[dict[str, object]]:
+    """Test accuracy after the same epochs at batch 64: tutorial loop vs the engine's two data paths."""
+    rows = []
+    cfg = config("mlp", "fashion", root, device.type)
+    test = make_batches(cfg, "test", device, batch_size=1000, training=False)
+    _, model = tutorial_loop(cfg, device, 60000, epochs)
+    acc = evaluate(model, test, build_loss(cfg), 10, device=device, dtype=torch.float32).accuracy
+    rows.append({"loop": "tutorial (all 60k training images)", "accuracy": acc})
+    for loader in ("tensor", "torchvision"):
+        cfg = config("mlp", "fashion", root, device.type, epochs=epochs, **{"data.loader": loader})
+        torch.manual_seed(cfg.seed)
+        train = make_batches(cfg, "train", device, batch_size=64, training=True)
+        model = build_model(cfg).to(device)
+        loss_fn = build_loss(cfg)
+        optimizer = build_optimizer(cfg, model.parameters(), device)
+        for epoch in range(1, epochs + 1):
+            train.set_epoch(epoch)
+            train_one_epoch(model, train, loss_fn, optimizer, device=device, dtype=torch.float32)
+        acc = evaluate(model, test, loss_fn, 10, device=device, dtype=torch.float32).accuracy
+        rows.append({"loop": f"engine, data.loader={loader} (54k, 6k held out)", "accuracy": acc})
+    return rows
 
 
 def engine_throughput(cfg: DictConfig, device: torch.device, samples: int) -> tuple[float, float]:
     """fmnist's engine on the first `samples` training images: (samples/s, one-time warm-up seconds)."""
-    batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
-    batches.images, batches.labels = batches.images[:samples], batches.labels[:samples]
-    batches.num_samples = min(samples, batches.num_samples)
+    images, labels = load_split(cfg, "train")
+    batches = TensorBatches(images[:samples].to(device), labels[:samples].to(device), cfg.batch_size,
+                            Normalize(list(cfg.dataset.mean), list(cfg.dataset.std), device), shuffle=True,
+                            seed=cfg.seed)
     model = build_model(cfg).to(device)
     loss_fn = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model.parameters(), device)
@@ -128,6 +155,8 @@ def main() -> int:
     parser.add_argument("--pairs", default=",".join(PAIRS), help="model:dataset pairs")
     parser.add_argument("--samples", type=int, default=16384, help="training images per throughput measurement")
     parser.add_argument("--tta-epochs", type=int, default=10, help="epochs allowed for time-to-accuracy (0: skip)")
+    parser.add_argument("--accuracy-epochs", type=int, default=3,
+                        help="epochs for the same-accuracy check (mlp, Fashion-MNIST; 0: skip)")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -142,7 +171,7 @@ def main() -> int:
             model, dataset = pair.split(":")
             base = config(model, dataset, args.root, dev_name)
             samples = args.samples if device.type == "cpu" else max(args.samples, 50000)
-            ref = tutorial_loop(base, device, min(samples, 8192) if device.type == "cpu" else samples)
+            ref, _ = tutorial_loop(base, device, min(samples, 8192) if device.type == "cpu" else samples)
             rows.append({"device": dev_name, "pair": pair, "loop": "tutorial b64", "samples_per_s": ref, "ratio": 1.0})
             print(f"{dev_name} {pair} tutorial: {ref:,.0f} samples/s", file=sys.stderr)
             for compile_mode, bs in variants:
@@ -166,6 +195,8 @@ def main() -> int:
                             "accuracy": acc, "compile": best})
                 print(f"{dev_name} {pair} time to {target:.0%}: {seconds:.1f}s", file=sys.stderr)
 
+    same = accuracy_check(args.root, torch.device(devices[-1]), args.accuracy_epochs) if args.accuracy_epochs else []
+
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\nThroughput ({name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads)\n")
     print("| device | model:dataset | loop | samples/s | s/epoch (train split) | x tutorial | warm-up s |")
@@ -181,8 +212,16 @@ def main() -> int:
         for t in tta:
             print(f"| {t['device']} | {t['pair']} | {t['target']:.0%} | {t['seconds']:.1f} | {t['epochs']} | "
                   f"{t['accuracy']:.2%} |")
+    if same:
+        print(f"\nSame accuracy: mlp on Fashion-MNIST, {args.accuracy_epochs} epochs, batch 64, Adam 1e-3 "
+              f"({devices[-1]})\n")
+        print("| loop | test accuracy |")
+        print("| --- | ---: |")
+        for r in same:
+            print(f"| {r['loop']} | {r['accuracy']:.2%} |")
     if args.json:
-        args.json.write_text(json.dumps({"device": name, "throughput": rows, "time_to_accuracy": tta}, indent=2))
+        args.json.write_text(json.dumps({"device": name, "throughput": rows, "time_to_accuracy": tta,
+                                         "same_accuracy": same}, indent=2))
     return 0
 
 

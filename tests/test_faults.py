@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import cli, compose
 
+from fmnist import atomic
 from fmnist import checkpoint as checkpoint_module
 from fmnist.build import build_loss, build_model, build_optimizer
 from fmnist.checkpoint import load_checkpoint, save_checkpoint
@@ -114,7 +115,7 @@ def test_failure_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path
     def crash(src: str, dst: str) -> None:
         raise OSError(errno.EIO, "injected failure before rename")
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(UserError, match="could not write checkpoint"):
         save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
     monkeypatch.undo()

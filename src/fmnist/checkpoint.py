@@ -7,7 +7,6 @@ library versions, so fmnist-eval and fmnist-predict rebuild everything from the 
 
 from __future__ import annotations
 
-import os
 import pickle
 import platform
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 import torchvision
 
 from fmnist import __version__
+from fmnist.atomic import write_atomically
 from fmnist.errors import UserError
 
 FORMAT = "fmnist-checkpoint"
@@ -35,20 +35,9 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     A crash at any instant leaves either the old file or the new one, never a torn one.
     """
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **payload}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(path, lambda tmp: torch.save(payload, tmp), durable=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fmnist.atomic import write_atomically
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_s")
 
@@ -64,11 +67,13 @@ def format_report(report: dict[str, Any], loss: float | None = None) -> str:
 
 def write_history(out_dir: Path, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """metrics.csv (one row per epoch) and metrics.json (history plus the run's summary and test result)."""
-    with open(out_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
-    (out_dir / "metrics.json").write_text(json.dumps({**summary, "history": history}, indent=2) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
+    write_atomically(out_dir / "metrics.csv", lambda tmp: tmp.write_text(table.getvalue()))
+    text = json.dumps({**summary, "history": history}, indent=2) + "\n"
+    write_atomically(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
 
 
 def record_failure(out_dir: Path, error: str) -> None:
@@ -80,5 +85,6 @@ def record_failure(out_dir: Path, error: str) -> None:
         metrics = {}
     metrics.update({"status": "failed", "error": error})
     metrics.setdefault("history", [])
+    text = json.dumps(metrics, indent=2) + "\n"
     with contextlib.suppress(OSError):  # an unwritable run directory is already what the error says
-        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomically(path, lambda tmp: tmp.write_text(text))

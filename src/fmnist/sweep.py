@@ -12,9 +12,7 @@ import io
 import json
 import logging
 import math
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from fmnist.atomic import write_atomically
 
 log = logging.getLogger("fmnist")
 
@@ -63,18 +63,13 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    # Parallel jobs may finish at once: write each file beside itself and rename it into place.
-    _replace(sweep_dir / "sweep_summary.csv", lambda tmp: tmp.write_text(table.getvalue()))
-    _replace(sweep_dir / "sweep_summary.md", lambda tmp: tmp.write_text(_markdown(rows)))
+    # Parallel jobs may finish at once: each file is replaced whole, never written half.
+    write_atomically(sweep_dir / "sweep_summary.csv", lambda tmp: tmp.write_text(table.getvalue()))
+    write_atomically(sweep_dir / "sweep_summary.md", lambda tmp: tmp.write_text(_markdown(rows)))
     if rows:
-        _replace(sweep_dir / "sweep.png", lambda tmp: plot_sweep(rows, swept_numeric_parameter(rows), tmp))
+        write_atomically(sweep_dir / "sweep.png",
+                         lambda tmp: plot_sweep(rows, swept_numeric_parameter(rows), tmp))
     return rows
-
-
-def _replace(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def swept_numeric_parameter(rows: list[dict[str, Any]]) -> str | None:

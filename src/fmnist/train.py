@@ -179,9 +179,11 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
             if improved:
                 best_epoch, best_val_acc = epoch, val.accuracy
             state = payload(epoch, None, None, "running")
-            save_checkpoint(state, out_dir / "last.pt")
+            # best.pt before last.pt: a run killed between the two resumes from the older last.pt and
+            # redoes this epoch, instead of trusting a last.pt whose best.pt was never written.
             if improved:
                 save_checkpoint(state, out_dir / "best.pt")
+            save_checkpoint(state, out_dir / "last.pt")
             write_history(out_dir, history, {k: v for k, v in state["metrics"].items() if k != "history"})
             log.info("epoch %d/%d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | lr %.2e | %.1fs | "
                      "%s samples/s", epoch, cfg.epochs, train.loss, 100 * train.accuracy, val.loss,
