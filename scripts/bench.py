@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from fmnist.augment import Normalize
-from fmnist.build import build_loss, build_model, build_optimizer
+from fmnist.build import build_loss, build_model, build_optimizer, use_channels_last
 from fmnist.config import CONFIG_DIR
 from fmnist.datasets import open_dataset
 from fmnist.engine import evaluate, make_step_runner, train_one_epoch
@@ -93,7 +93,7 @@ def accuracy_check(root: str, device: torch.device, epochs: int) -> list[dict[st
         cfg = config("mlp", "fashion", root, device.type, epochs=epochs, **{"data.loader": loader})
         torch.manual_seed(cfg.seed)
         train = make_batches(cfg, "train", device, batch_size=64, training=True)
-        model = build_model(cfg).to(device)
+        model = engine_model(cfg, device)
         loss_fn = build_loss(cfg)
         optimizer = build_optimizer(cfg, model.parameters(), device)
         for epoch in range(1, epochs + 1):
@@ -104,13 +104,21 @@ def accuracy_check(root: str, device: torch.device, epochs: int) -> list[dict[st
     return rows
 
 
+def engine_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The model as fmnist-train sets it up: memory format, and torch.compile for compile=torch."""
+    model = build_model(cfg).to(device)
+    if use_channels_last(model, device, cfg.channels_last):
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if cfg.compile == "torch" else model
+
+
 def engine_throughput(cfg: DictConfig, device: torch.device, samples: int) -> tuple[float, float]:
     """fmnist's engine on the first `samples` training images: (samples/s, one-time warm-up seconds)."""
     images, labels = load_split(cfg, "train")
     batches = TensorBatches(images[:samples].to(device), labels[:samples].to(device), cfg.batch_size,
                             Normalize(list(cfg.dataset.mean), list(cfg.dataset.std), device), shuffle=True,
                             seed=cfg.seed)
-    model = build_model(cfg).to(device)
+    model = engine_model(cfg, device)
     loss_fn = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model.parameters(), device)
     dtype = resolve_precision(cfg.precision, device)
@@ -129,7 +137,7 @@ def time_to_accuracy(cfg: DictConfig, device: torch.device, target: float, max_e
     torch.manual_seed(cfg.seed)
     train = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
     test = make_batches(cfg, "test", device, batch_size=cfg.eval_batch_size, training=False)
-    model = build_model(cfg).to(device)
+    model = engine_model(cfg, device)
     loss_fn = build_loss(cfg).to(device)
     optimizer = build_optimizer(cfg, model.parameters(), device)
     dtype = resolve_precision(cfg.precision, device)

@@ -160,8 +160,11 @@ def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):
     assert "is not an image" in bad_input_error("fmnist-predict", ckpt, f"image={tmp_path / 'notes.png'}",
                                                 cwd=tmp_path)
     assert "out of range" in bad_input_error("fmnist-predict", ckpt, "index=100", cwd=tmp_path)
-    assert "out of range" in bad_input_error("fmnist-predict", ckpt, "index=-1", cwd=tmp_path)
-    assert "split='holdout' does not exist" in bad_input_error("fmnist-eval", ckpt, "split=holdout", cwd=tmp_path)
+    assert "index=-1 is not valid" in bad_input_error("fmnist-predict", ckpt, "index=-1", cwd=tmp_path)
+    assert "batch_size=0 is not valid" in bad_input_error("fmnist-eval", ckpt, "batch_size=0", cwd=tmp_path)
+    assert "precision='fp64' is not valid" in bad_input_error("fmnist-eval", ckpt, "precision=fp64", cwd=tmp_path)
+    assert "split='holdout' is not valid: expected test, val or train" in bad_input_error(
+        "fmnist-eval", ckpt, "split=holdout", cwd=tmp_path)
 
 
 def test_predict_multirun_writes_one_picture_per_job(trained_run: Path, tmp_path: Path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import compose
 
-from fmnist.build import build_loss, build_model, build_optimizer, build_scheduler
+from fmnist.build import build_loss, build_model, build_optimizer, build_scheduler, use_channels_last
 from fmnist.config import config_dir
 
 
@@ -55,3 +55,21 @@ def test_loss_instantiates(name: str):
 
 def test_label_smoothing_is_passed_through():
     assert build_loss(compose("loss.label_smoothing=0.1")).label_smoothing == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("name", "fused"), [("adam", True), ("adamw", True), ("sgd", True), ("rmsprop", None)])
+def test_fused_optimizers_on_cpu(name: str, fused: bool | None):
+    cfg = compose(f"optimizer={name}")
+    optimizer = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu"))
+    assert optimizer.defaults.get("fused") is fused
+
+
+def test_channels_last_auto_follows_the_measurements():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cnn = build_model(compose("model=cnn"))
+    bn_cnn = build_model(compose("model=bn_cnn"))
+    mlp = build_model(compose("model=mlp"))
+    assert use_channels_last(cnn, cpu, "auto") and not use_channels_last(bn_cnn, cpu, "auto")
+    assert use_channels_last(bn_cnn, cuda, "auto") and not use_channels_last(mlp, cuda, "auto")
+    assert use_channels_last(bn_cnn, cpu, True) and not use_channels_last(cnn, cpu, False)
+    assert not use_channels_last(mlp, cpu, True)

@@ -87,16 +87,19 @@ class Rule:
     required: bool = True
 
 
+DEVICE = Rule("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+              "auto, cpu, cuda, cuda:N or mps")
+
 # Keys a training run reads. Group options may lack some keys (rmsprop has no nesterov): not required.
 TRAIN_RULES: tuple[Rule, ...] = (
     Rule("epochs", _int_at_least(1), "an integer >= 1"),
     Rule("batch_size", _int_at_least(1), "an integer >= 1"),
     Rule("eval_batch_size", _int_at_least(1), "an integer >= 1"),
     Rule("seed", _int_at_least(0), "an integer >= 0"),
-    Rule("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-         "auto, cpu, cuda, cuda:N or mps"),
+    DEVICE,
     Rule("precision", _one_of("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
     Rule("compile", _one_of("none", "torch", "cudagraph"), "none, torch or cudagraph", required=False),
+    Rule("channels_last", lambda v: v == "auto" or _is_bool(v), "auto, true or false", required=False),
     Rule("num_workers", _int_at_least(0), "an integer >= 0"),
     Rule("threads", lambda v: v == "auto" or _int_at_least(1)(v), "auto or an integer >= 1", required=False),
     Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
@@ -135,6 +138,30 @@ TRAIN_RULES: tuple[Rule, ...] = (
 )
 
 
+_OPTIONAL_INT = lambda v: v is None or _int_at_least(1)(v)  # noqa: E731
+
+# What fmnist-eval and fmnist-predict read from their own configs (the rest comes from the checkpoint).
+INSPECT_RULES: tuple[Rule, ...] = (
+    Rule("ckpt", lambda v: v is None or isinstance(v, str), "a checkpoint path"),
+    DEVICE,
+    Rule("precision", lambda v: v is None or v in ("auto", "fp32", "bf16", "fp16"), "null, auto, fp32, bf16 or fp16"),
+    Rule("out_dir", lambda v: v is None or isinstance(v, str), "a directory path"),
+)
+EVAL_RULES: tuple[Rule, ...] = INSPECT_RULES + (
+    Rule("split", _one_of("test", "val", "train"), "test, val or train"),
+    Rule("batch_size", _OPTIONAL_INT, "null or an integer >= 1"),
+    Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
+)
+PREDICT_RULES: tuple[Rule, ...] = INSPECT_RULES + (
+    Rule("index", lambda v: v is None or _int_at_least(0)(v), "null or an integer >= 0"),
+    Rule("image", lambda v: v is None or isinstance(v, str), "null or an image file"),
+    Rule("invert", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
+    Rule("seed", lambda v: v is None or _int_at_least(0)(v), "null or an integer >= 0"),
+    Rule("topk", _int_at_least(1), "an integer >= 1"),
+    Rule("format", _one_of("text", "json"), "text or json"),
+)
+
+
 def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
     """Check every rule; raise UserError for the first key that breaks one."""
     for rule in rules:
@@ -150,6 +177,12 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
             value = OmegaConf.to_container(value)
         if not rule.ok(value):
             raise UserError(f"{rule.key}={value!r} is not valid: expected {rule.allowed}")
+    if rules is TRAIN_RULES:
+        _check_train_combinations(cfg)
+
+
+def _check_train_combinations(cfg: DictConfig) -> None:
+    """Values that are each valid but not together."""
     if len(cfg.dataset.mean) != cfg.dataset.channels or len(cfg.dataset.std) != cfg.dataset.channels:
         raise UserError(
             f"dataset.mean and dataset.std need one value per channel ({cfg.dataset.channels}), "

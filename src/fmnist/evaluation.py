@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from fmnist.build import build_loss
+from fmnist.config import EVAL_RULES, validate
 from fmnist.engine import evaluate
 from fmnist.loaders import load_split, make_batches
 from fmnist.metrics import class_report, format_report
@@ -25,6 +26,7 @@ MISCLASSIFIED_SHOWN = 24
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate, print the table, write eval.json and the figures; returns what eval.json holds."""
+    validate(cfg, EVAL_RULES)
     r = restore(cfg.ckpt, cfg.dataset, cfg.device, cfg.precision)
     batch_size = cfg.batch_size or r.cfg.eval_batch_size
     batches = make_batches(r.cfg, cfg.split, r.device, batch_size=batch_size, training=False)

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from fmnist.augment import Normalize
+from fmnist.config import PREDICT_RULES, validate
 from fmnist.errors import UserError
 from fmnist.images import load_image_file
 from fmnist.loaders import load_split
@@ -21,12 +22,9 @@ from fmnist.runtime import autocast
 
 def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[str, Any]:
     """Predict, print (text or JSON), save prediction.png; returns the printed result."""
+    validate(cfg, PREDICT_RULES)
     if cfg.image is not None and cfg.index is not None:
         raise UserError("give either image=FILE or index=N, not both")
-    if not (isinstance(cfg.topk, int) and cfg.topk >= 1):
-        raise UserError(f"topk={cfg.topk!r} is not valid: expected an integer >= 1")
-    if cfg.format not in ("text", "json"):
-        raise UserError(f"format={cfg.format!r} is not valid: expected text or json")
     r = restore(cfg.ckpt, cfg.dataset, cfg.device, cfg.precision)
     ds = r.cfg.dataset
     result: dict[str, Any] = {"checkpoint": str(r.path)}
@@ -62,10 +60,10 @@ def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[st
     return result
 
 
-def _pick_index(index: Any, seed: Any, n: int) -> int:
+def _pick_index(index: int | None, seed: int | None, n: int) -> int:
     if index is None:
         return random.Random(seed).randrange(n)
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+    if not index < n:
         raise UserError(f"index={index!r} is out of range: the test set has images 0..{n - 1}")
     return index
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.build import build_loss, build_model, build_optimizer, build_scheduler
+from fmnist.build import build_loss, build_model, build_optimizer, build_scheduler, use_channels_last
 from fmnist.checkpoint import load_checkpoint, save_checkpoint
 from fmnist.config import validate
 from fmnist.engine import EpochStats, EvalResult, NonFiniteLoss, evaluate, make_step_runner, train_one_epoch
@@ -67,7 +67,7 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
     train_batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
     val_batches = make_batches(cfg, "val", device, batch_size=cfg.eval_batch_size, training=False)
     model = build_model(cfg).to(device)
-    if device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+    if use_channels_last(model, device, cfg.get("channels_last", "auto")):
         model = model.to(memory_format=torch.channels_last)
     # compile=torch compiles the module the loop calls; checkpoints keep saving the plain module's weights.
     compile_mode = cfg.get("compile", "none")
