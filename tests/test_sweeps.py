@@ -50,6 +50,15 @@ def test_failing_job_is_recorded_and_the_others_run(tmp_path: Path):
     assert list(rows) == ["0", "2", "1"] or list(rows) == ["2", "0", "1"]  # failures last
 
 
+def test_a_combination_that_does_not_compose_is_refused_before_any_job_runs(tmp_path: Path):
+    # rmsprop has no nesterov key: Hydra checks every job's config first, so no compute is spent.
+    proc = cli("fmnist-train", "--multirun", "optimizer=sgd,rmsprop", "optimizer.nesterov=true", "model=mlp",
+               "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "Could not override 'optimizer.nesterov'" in proc.stderr
+    assert not list(tmp_path.glob("sweep/*/best.pt"))
+
+
 def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path):
     cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=1e-3,1e-2", "dataset=mnist", *FAST,
         "hydra.sweep.dir=sweep", cwd=tmp_path)

@@ -187,7 +187,7 @@ class GraphedStep:
 
     def _body(self) -> None:
         x, y = self.batches.gather(self.idx, None)
-        with autocast(self.device, self.dtype):
+        with autocast(self.device, self.dtype, cache=False):
             out = self.model(x)
             loss = self.loss_fn(out.float(), y)
         loss.backward()

@@ -53,11 +53,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision where asked for; a no-op context for fp32."""
+def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision where asked for; a no-op context for fp32.
+
+    cache=False for regions captured in a CUDA graph: autocast's weight-cast cache must not outlive them.
+    """
     if dtype is torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def seed_everything(seed: int) -> None:

@@ -106,6 +106,15 @@ def _job_number(name: str) -> int:
     return int(name) if name.isdigit() else 0
 
 
+def sweeper_wants_exceptions(hydra_cfg: DictConfig) -> bool:
+    """How a failed job is reported to the sweeper that runs it.
+
+    Hydra's basic sweeper aborts the whole sweep when a job raises, so it gets NaN; the Optuna sweeper
+    records a job that raised as a failed trial (and cannot digest NaN), so it gets the exception.
+    """
+    return "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
+
+
 class SummaryCallback(Callback):
     """Keeps the sweep summary current after every job, and reports it when the --multirun ends.
 

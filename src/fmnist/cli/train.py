@@ -19,6 +19,7 @@ from fmnist.errors import UserError
 from fmnist.interrupt import Interrupted
 from fmnist.metrics import record_failure
 from fmnist.runtime import configure_threads
+from fmnist.sweep import sweeper_wants_exceptions
 from fmnist.train import run_training
 
 log = logging.getLogger("fmnist")
@@ -42,8 +43,7 @@ def main(cfg: DictConfig) -> float:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return report_user_errors("fmnist-train", train, on_error=lambda message: record_failure(out_dir, message))
     # In a sweep one bad job must not stop the others: record why it failed, then tell the sweeper in the
-    # way it understands. The basic sweeper aborts the whole sweep on an exception, so it gets NaN; the
-    # Optuna sweeper records a trial that raised as FAIL (and chokes on NaN), so it gets the exception.
+    # way it understands (sweeper_wants_exceptions).
     try:
         return train()
     except Interrupted as exc:  # Ctrl-C stops the whole sweep, not just this job
@@ -57,7 +57,7 @@ def main(cfg: DictConfig) -> float:
         message, error = f"{type(exc).__name__}: {exc}", exc
     log.error("job %s failed: %s", hydra_cfg.job.num, message)
     record_failure(out_dir, message)
-    if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+    if sweeper_wants_exceptions(hydra_cfg):
         raise error
     return math.nan
 
