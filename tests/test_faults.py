@@ -175,6 +175,16 @@ def test_nan_stop_names_epoch_step_and_last_good_checkpoint(tmp_path: Path):
     assert "epoch 1:" in line and "NaN/inf at step" in line and "no checkpoint was written yet" in line
 
 
+def test_step_checkpoints_never_hold_diverged_weights(tmp_path: Path):
+    proc = cli("fmnist-train", "model=mlp", "dataset=mnist", "optimizer=sgd", "optimizer.lr=1e6",
+               "optimizer.momentum=0.0", "epochs=2", "batch_size=8", "checkpoint_every_steps=1", "progress=false",
+               "hydra.run.dir=r", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "NaN/inf" in proc.stderr
+    assert "the last good checkpoint is" in proc.stderr  # the first steps were finite and were saved
+    weights = load_checkpoint(tmp_path / "r" / "last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
 def test_on_nan_skip_batch_skips_only_the_bad_batches():
     cfg = compose("model=mlp", "dataset=mnist", "batch_size=40")
     batches = make_batches(cfg, "train", torch.device("cpu"), batch_size=40, training=True)

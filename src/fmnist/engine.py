@@ -1,7 +1,8 @@
-"""The only loop over batches: one training epoch, and evaluation. Train, eval and predict all use it.
+"""The only loop over batches: one training epoch, evaluation, and the forward pass behind predictions.
+Train, eval and predict all use it.
 
-Both keep their running sums on the device and read them back once per epoch (and when the progress
-bar refreshes), so a GPU is never stalled by a per-batch `.item()`.
+Training and evaluation keep their running sums on the device and read them back once per epoch (and
+when the progress bar refreshes), so a GPU is never stalled by a per-batch `.item()`.
 """
 
 from __future__ import annotations
@@ -229,6 +230,18 @@ def make_step_runner(compile_mode: str, model: nn.Module, loss_fn: nn.Module, op
     return GraphedStep(model, loss_fn, optimizer, batches, device, dtype)
 
 
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with autocast(device, dtype):
+        return model(x).float()
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, x: torch.Tensor, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Class probabilities for a normalised batch (softmax of logits, or exp of log-probabilities: the same)."""
+    model.eval()
+    return _forward(model, x.to(device), device, dtype).softmax(1)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
              num_classes: int, *, device: torch.device, dtype: torch.dtype, progress: bool = False,
@@ -241,8 +254,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     start = time.perf_counter()
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            out = model(x).float()
+        out = _forward(model, x, device, dtype)
         loss_sum += loss_fn(out, y) * len(y)
         confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes * num_classes)
         if keep_probs:

@@ -34,6 +34,11 @@ class Batches(Protocol):
 
     def set_epoch(self, epoch: int) -> None: ...
 
+    def rng_state(self) -> torch.Tensor | None:
+        """State of the loader's own generator mid-epoch (None if it has none), for exact resumption."""
+
+    def set_rng_state(self, state: torch.Tensor | None) -> None: ...
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The shuffling/augmentation seed of one epoch: a function of (seed, epoch) alone, so resuming is exact."""
@@ -63,10 +68,17 @@ class TensorBatches:
     def set_epoch(self, epoch: int) -> None:
         """Fix this epoch's order and start its augmentation generator (seeded by seed and epoch alone)."""
         self.epoch = epoch
-        self.generator = None
+        self.augment_rng = None
         if self.augment is not None:
-            self.generator = torch.Generator(device=self.images.device)
-            self.generator.manual_seed(epoch_seed(self.seed, epoch) + 1)
+            self.augment_rng = torch.Generator(device=self.images.device)
+            self.augment_rng.manual_seed(epoch_seed(self.seed, epoch) + 1)
+
+    def rng_state(self) -> torch.Tensor | None:
+        return self.augment_rng.get_state() if self.augment_rng is not None else None
+
+    def set_rng_state(self, state: torch.Tensor | None) -> None:
+        if self.augment_rng is not None and state is not None:
+            self.augment_rng.set_state(state)
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -79,10 +91,10 @@ class TensorBatches:
         if not self.shuffle:  # evaluation: contiguous slices, no gather
             for start in range(step * self.batch_size, self.num_samples, self.batch_size):
                 x = self.images[start:start + self.batch_size]
-                yield self.prepare(x, self.generator), self.labels[start:start + self.batch_size]
+                yield self.prepare(x, self.augment_rng), self.labels[start:start + self.batch_size]
             return
         for idx in self.index_batches(step):
-            yield self.gather(idx, self.generator)
+            yield self.gather(idx, self.augment_rng)
 
     def index_batches(self, step: int = 0) -> Iterator[torch.Tensor]:
         """This epoch's shuffled order, batch by batch from batch `step`, as index tensors on the device."""
@@ -106,15 +118,21 @@ class TorchvisionBatches:
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, *, shuffle: bool, seed: int,
                  num_workers: int, pin_memory: bool) -> None:
-        self.seed, self.generator = seed, torch.Generator()
+        self.seed, self.order_rng = seed, torch.Generator()
         self.num_samples = len(dataset)  # type: ignore[arg-type]
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=self.generator,
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=self.order_rng,
                                  num_workers=num_workers, pin_memory=pin_memory,
                                  persistent_workers=num_workers > 0)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(epoch_seed(self.seed, epoch))
+        self.order_rng.manual_seed(epoch_seed(self.seed, epoch))
+
+    def rng_state(self) -> torch.Tensor | None:
+        return None  # the order is a function of (seed, epoch); PIL transforms draw from the global generator
+
+    def set_rng_state(self, state: torch.Tensor | None) -> None:
+        pass
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -7,17 +7,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from fmnist.augment import Normalize
 from fmnist.config import PREDICT_RULES, validate
+from fmnist.engine import predict_probs
 from fmnist.errors import UserError
 from fmnist.images import load_image_file
 from fmnist.loaders import load_split
 from fmnist.plots import plot_prediction
 from fmnist.restore import restore
-from fmnist.runtime import autocast
 
 
 def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[str, Any]:
@@ -39,9 +38,8 @@ def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[st
         image, true = images[index], int(labels[index])
         result["index"] = index
         caption = f"test image #{index}"
-    with torch.inference_mode(), autocast(r.device, r.dtype):
-        x = Normalize(list(ds.mean), list(ds.std), r.device)(image[None].to(r.device))
-        probs = r.model(x).float().softmax(1)[0].cpu()
+    x = Normalize(list(ds.mean), list(ds.std), r.device)(image[None].to(r.device))
+    probs = predict_probs(r.model, x, device=r.device, dtype=r.dtype)[0].cpu()
     names = r.class_names
     predicted = int(probs.argmax())
     top = probs.topk(min(cfg.topk, len(names)))

@@ -8,6 +8,7 @@ checkpoint), then the best weights on the test set, metrics and figures. A run c
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -115,9 +116,7 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epochs_done,
-            "partial": {"stats": asdict(in_progress), "lr": lr,
-                        "data_rng": train_batches.generator.get_state()
-                        if getattr(train_batches, "generator", None) is not None else None}
+            "partial": {"stats": asdict(in_progress), "lr": lr, "data_rng": train_batches.rng_state()}
             if in_progress is not None else None,
             "config": config,
             "choices": choices,
@@ -132,15 +131,18 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
     with StopRequest() as stop:
         for epoch in range(done_epochs + 1, cfg.epochs + 1):
             train_batches.set_epoch(epoch)
-            if partial is not None and resumed["partial"]["data_rng"] is not None:
-                train_batches.generator.set_state(resumed["partial"]["data_rng"])
+            if partial is not None:
+                train_batches.set_rng_state(resumed["partial"]["data_rng"])
             lr = epoch_lr if epoch_lr is not None else optimizer.param_groups[0]["lr"]
 
             def after_step(step: int, snapshot: Any, lr: float = lr, epoch: int = epoch) -> bool:
                 if stop:
                     return True
                 if every and step % every == 0:
-                    save_checkpoint(payload(epoch - 1, snapshot(), lr, "running"), out_dir / "last.pt")
+                    now = snapshot()
+                    if not math.isfinite(now.loss_sum):  # never save diverged weights as the last good state
+                        raise NonFiniteLoss(step)
+                    save_checkpoint(payload(epoch - 1, now, lr, "running"), out_dir / "last.pt")
                 return False
 
             try:
