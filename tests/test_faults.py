@@ -57,14 +57,21 @@ def same_run(a: Path, b: Path) -> None:
     assert ma["test"] == mb["test"] and ma["best_epoch"] == mb["best_epoch"]
 
 
-def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path: Path):
-    cli("fmnist-train", *RECIPE, "hydra.run.dir=straight", cwd=tmp_path)
+# The torchvision DataLoader path (in-process loading) resumes bit-identically without augmentation.
+TORCHVISION = ("data.loader=torchvision", "num_workers=0", "dataset.augment.crop_padding=0",
+               "dataset.augment.hflip=false")
+
+
+@pytest.mark.parametrize("extra", [(), TORCHVISION], ids=["tensor", "torchvision"])
+def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path: Path, extra: tuple[str, ...]):
+    recipe = (*RECIPE, *extra)
+    cli("fmnist-train", *recipe, "hydra.run.dir=straight", cwd=tmp_path)
     rng = random.Random(1234)
     run, kills = tmp_path / "killed", 0
     last = run / "last.pt"
     for attempt in range(8):
-        extra = ("resume=auto",) if attempt else ()
-        proc = start(*RECIPE, *extra, "hydra.run.dir=killed", cwd=tmp_path)
+        again = ("resume=auto",) if attempt else ()
+        proc = start(*recipe, *again, "hydra.run.dir=killed", cwd=tmp_path)
         if kills < 3:
             before = last.stat().st_mtime if last.exists() else 0.0
             if wait_for_new_checkpoint(last, before, proc):
