@@ -15,7 +15,7 @@ from torchvision import transforms
 
 
 class Normalize:
-    """uint8 images -> float (x/255 - mean)/std, fused into one multiply-add."""
+    """uint8 (or float 0..255) images -> (x/255 - mean)/std in one multiply-add (type promotion does the cast)."""
 
     def __init__(self, mean: list[float], std: list[float], device: torch.device) -> None:
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -24,7 +24,7 @@ class Normalize:
         self.shift = -mean_t / std_t
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, images.float(), self.scale)
+        return torch.addcmul(self.shift, images, self.scale)
 
 
 def is_enabled(augment: DictConfig) -> bool:

@@ -99,7 +99,7 @@ def train_one_epoch(model: nn.Module, batches: Any, loss_fn: nn.Module, optimize
 
     def eager_step(x: torch.Tensor, y: torch.Tensor) -> int:
         """One optimizer step; returns the samples it counted (0 for a skipped batch)."""
-        nonlocal loss_sum, correct, skipped
+        nonlocal skipped
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, dtype):
             out = model(x)
@@ -115,8 +115,8 @@ def train_one_epoch(model: nn.Module, batches: Any, loss_fn: nn.Module, optimize
         else:
             loss.backward()
             optimizer.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (out.detach().argmax(1) == y).sum()
+        loss_sum.add_(loss.detach(), alpha=len(y))
+        correct.add_((out.detach().argmax(1) == y).sum())
         return len(y)
 
     if runner is not None:

@@ -107,10 +107,9 @@ class TensorBatches:
         return self.prepare(self.images[idx], generator), self.labels[idx]
 
     def prepare(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        x = images.float()
         if self.augment is not None:
-            x = augment_batch(x, self.augment, generator)
-        return self.normalize(x)
+            images = augment_batch(images.float(), self.augment, generator)
+        return self.normalize(images)
 
 
 class TorchvisionBatches:
