@@ -149,18 +149,22 @@ def _check_split(split: str) -> None:
         raise UserError(f"split={split!r} does not exist: expected one of {', '.join(SPLITS)}")
 
 
-def load_split(cfg: DictConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, C, H, W) and labels of one split, in evaluation order.
+def split_members(cfg: DictConfig, split: str, n_official: int) -> torch.Tensor | None:
+    """Indices of `split` within its official set: train and val partition the official training set
+    (seeded); test is the whole official test set (None)."""
+    _check_split(split)
+    if split == "test":
+        return None
+    train_idx, val_idx = split_indices(n_official, cfg.dataset.val_fraction, cfg.seed)
+    return train_idx if split == "train" else val_idx
 
-    train and val are the seeded partition of the official training set; test is the official test set.
-    """
+
+def load_split(cfg: DictConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and labels of one split, in evaluation order."""
     _check_split(split)
     images, labels = load_tensors(cfg.dataset, train=split != "test")
-    if split != "test":
-        train_idx, val_idx = split_indices(len(labels), cfg.dataset.val_fraction, cfg.seed)
-        keep = train_idx if split == "train" else val_idx
-        images, labels = images[keep], labels[keep]
-    return images, labels
+    members = split_members(cfg, split, len(labels))
+    return (images, labels) if members is None else (images[members], labels[members])
 
 
 def make_batches(cfg: DictConfig, split: str, device: torch.device, *, batch_size: int,
@@ -179,8 +183,8 @@ def make_batches(cfg: DictConfig, split: str, device: torch.device, *, batch_siz
                              shuffle=training, seed=cfg.seed, augment=augment)
     transform = torchvision_transform(augment, dataset.image_size, list(dataset.mean), list(dataset.std))
     ds = open_dataset(dataset, train=split != "test", transform=transform)
-    if split != "test":
-        train_idx, val_idx = split_indices(len(ds), dataset.val_fraction, cfg.seed)
-        ds = Subset(ds, (train_idx if split == "train" else val_idx).tolist())
+    members = split_members(cfg, split, len(ds))
+    if members is not None:
+        ds = Subset(ds, members.tolist())
     return TorchvisionBatches(ds, batch_size, shuffle=training, seed=cfg.seed, num_workers=cfg.num_workers,
                               pin_memory=device.type == "cuda")
