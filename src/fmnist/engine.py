@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fmnist.errors import UserError
+from fmnist.loaders import Batches
 from fmnist.runtime import autocast
 
 REFRESH_EVERY = 25  # batches between progress-bar updates (each costs one host sync)
@@ -70,7 +71,7 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
-def train_one_epoch(model: nn.Module, batches: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
+def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, dtype: torch.dtype, scaler: torch.amp.GradScaler | None = None,
                     step_scheduler: Callable[[], None] | None = None, progress: bool = False,
                     desc: str = "train", runner: GraphedStep | None = None, start: EpochStats | None = None,
