@@ -90,16 +90,8 @@ def accuracy_check(root: str, device: torch.device, epochs: int) -> list[dict[st
     acc = evaluate(model, test, build_loss(cfg), 10, device=device, dtype=torch.float32).accuracy
     rows.append({"loop": "tutorial (all 60k training images)", "accuracy": acc})
     for loader in ("tensor", "torchvision"):
-        cfg = config("mlp", "fashion", root, device.type, epochs=epochs, **{"data.loader": loader})
-        torch.manual_seed(cfg.seed)
-        train = make_batches(cfg, "train", device, batch_size=64, training=True)
-        model = engine_model(cfg, device)
-        loss_fn = build_loss(cfg)
-        optimizer = build_optimizer(cfg, model.parameters(), device)
-        for epoch in range(1, epochs + 1):
-            train.set_epoch(epoch)
-            train_one_epoch(model, train, loss_fn, optimizer, device=device, dtype=torch.float32)
-        acc = evaluate(model, test, loss_fn, 10, device=device, dtype=torch.float32).accuracy
+        cfg = config("mlp", "fashion", root, device.type, **{"data.loader": loader})
+        acc = train_and_test(cfg, device, epochs)[2]
         rows.append({"loop": f"engine, data.loader={loader} (54k, 6k held out)", "accuracy": acc})
     return rows
 
@@ -132,8 +124,11 @@ def engine_throughput(cfg: DictConfig, device: torch.device, samples: int) -> tu
     return stats.samples_per_s, warmup
 
 
-def time_to_accuracy(cfg: DictConfig, device: torch.device, target: float, max_epochs: int) -> tuple[float, int, float]:
-    """Training seconds (evaluation excluded) until test accuracy >= target: (seconds, epochs, accuracy)."""
+def train_and_test(cfg: DictConfig, device: torch.device, max_epochs: int, target: float | None = None
+                   ) -> tuple[float, int, float]:
+    """Train with the engine, testing after every epoch, until `target` test accuracy (if given) or
+    max_epochs: (training seconds with evaluation excluded, epochs, last test accuracy). The seconds are
+    NaN when a target was given and not reached."""
     torch.manual_seed(cfg.seed)
     train = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
     test = make_batches(cfg, "test", device, batch_size=cfg.eval_batch_size, training=False)
@@ -151,9 +146,9 @@ def time_to_accuracy(cfg: DictConfig, device: torch.device, target: float, max_e
         sync(device)
         spent += time.perf_counter() - start
         acc = evaluate(model, test, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype).accuracy
-        if acc >= target:
+        if target is not None and acc >= target:
             return spent, epoch, acc
-    return float("nan"), max_epochs, acc
+    return (float("nan") if target is not None else spent), max_epochs, acc
 
 
 def main() -> int:
@@ -198,7 +193,7 @@ def main() -> int:
                 model, dataset = pair.split(":")
                 best = "cudagraph" if device.type == "cuda" else "none"
                 cfg = config(model, dataset, args.root, dev_name, compile=best)
-                seconds, epochs, acc = time_to_accuracy(cfg, device, target, args.tta_epochs)
+                seconds, epochs, acc = train_and_test(cfg, device, args.tta_epochs, target)
                 tta.append({"device": dev_name, "pair": pair, "target": target, "seconds": seconds, "epochs": epochs,
                             "accuracy": acc, "compile": best})
                 print(f"{dev_name} {pair} time to {target:.0%}: {seconds:.1f}s", file=sys.stderr)
