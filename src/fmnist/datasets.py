@@ -25,10 +25,10 @@ import torch
 from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
 
+from fmnist.atomic import write_atomically
 from fmnist.errors import UserError
 
 log = logging.getLogger(__name__)
-
 
 
 def cache_dir() -> Path:
@@ -153,23 +153,22 @@ def _unpack(source: Source, folder: Path, target: Path, name: str) -> None:
     plain, packed = folder / name, folder / f"{name}.gz"
     if dst.is_file() and (not packed.is_file() or dst.stat().st_mtime >= packed.stat().st_mtime):
         return
+    # Parallel sweep jobs may unpack at once: each file appears whole, through write_atomically.
     if plain.is_file():  # already unpacked in the data directory: link, do not copy
-        tmp = dst.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(plain.resolve())
-        os.replace(tmp, dst)
+        write_atomically(dst, lambda tmp: tmp.symlink_to(plain.resolve()))
         return
     digest = hashlib.md5(packed.read_bytes()).hexdigest()
     if digest != source.md5.get(packed.name):
         log.warning("%s: %s is not the official release (md5 %s); using it as it is", source.title, packed, digest)
-    tmp = dst.with_name(f".{name}.{os.getpid()}.tmp")
-    try:
+
+    def gunzip(tmp: Path) -> None:
         with gzip.open(packed, "rb") as src, open(tmp, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
+
+    try:
+        write_atomically(dst, gunzip)
     except (OSError, EOFError) as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"{source.title}: could not unpack {packed}: {_one_line(exc)}") from None
-    os.replace(tmp, dst)
 
 
 def _download(source: Source, root: Path, allowed: bool) -> Path:
