@@ -110,6 +110,7 @@ def test_resume_from_a_run_directory_continues_there(tmp_path: Path):
     cli("fmnist-train", *RECIPE[:2], "epochs=1", *RECIPE[3:], "hydra.run.dir=first", cwd=tmp_path)
     proc = cli("fmnist-train", f"resume={tmp_path / 'first'}", "epochs=2", "progress=false", cwd=tmp_path)
     assert "resuming" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].endswith(f"artifacts in {tmp_path / 'first'}")
     history = json.loads((tmp_path / "first" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
 

@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> float:
     def train() -> float:
         result = run_training(cfg, out_dir, choices)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
-                 100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, out_dir)
+                 100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, result.out_dir)
         return result.best_val_acc
 
     if hydra_cfg.mode != RunMode.MULTIRUN:
