@@ -80,3 +80,21 @@ def test_nll_and_cross_entropy_agree_on_the_same_weights():
     ce = build_loss(compose("loss=cross_entropy"))(ce_model(x), y)
     nll = build_loss(compose("loss=nll"))(nll_model(x), y)
     assert torch.allclose(ce, nll, atol=1e-6)
+
+
+def test_dropout_keeps_torch_semantics():
+    """The CPU mask drawn from uniforms: keep rate 1-p, kept values scaled by 1/(1-p), gradient = mask."""
+    from fmnist.models import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.ones(200, 500, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)

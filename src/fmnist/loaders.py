@@ -103,8 +103,11 @@ class TensorBatches:
         yield from order.split(self.batch_size)[step:]
 
     def gather(self, idx: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch at `idx`, ready for the model. Pure tensor ops: a CUDA graph can capture it."""
-        return self.prepare(self.images[idx], generator), self.labels[idx]
+        """The batch at `idx`, ready for the model. Pure tensor ops: a CUDA graph can capture it.
+
+        index_select copies whole rows; on the CPU it is 5-10x faster than advanced indexing (`images[idx]`).
+        """
+        return self.prepare(self.images.index_select(0, idx), generator), self.labels.index_select(0, idx)
 
     def prepare(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.augment is not None:
