@@ -8,8 +8,10 @@ Rows, for each model:dataset pair and device:
   tutorial       torchvision Dataset -> DataLoader -> PIL ToTensor/Normalize, batch 64, loss.item() per batch
   engine b64     fmnist's tensor data path + train_one_epoch, batch 64
   engine b512    the same at batch 512
-  (CUDA also: compile=torch and compile=cudagraph at both batch sizes)
-Then time-to-accuracy: seconds of training (evaluation excluded) until the test accuracy reaches the target.
+  (CPU also: precision=bf16 at batch 64; CUDA also: compile=torch, compile=cudagraph at both batch sizes)
+Every loop runs --repeats times in interleaved rounds; the table shows medians and the ratios' range.
+Then time-to-accuracy: seconds of training (evaluation excluded) until the test accuracy reaches the target,
+with the default settings and with the faster alternative (CPU: bf16; CUDA: compile=cudagraph).
 Prints markdown tables; --json writes every number too.
 """
 
@@ -20,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -124,6 +127,57 @@ def engine_throughput(cfg: DictConfig, device: torch.device, samples: int) -> tu
     return stats.samples_per_s, warmup
 
 
+def variants(device: torch.device) -> list[tuple[str, int, str]]:
+    """(compile, batch size, precision) of the engine rows on this device."""
+    if device.type == "cuda":
+        return [("none", 64, "auto"), ("none", 512, "auto"), ("torch", 512, "auto"), ("cudagraph", 64, "auto"),
+                ("cudagraph", 512, "auto")]
+    return [("none", 64, "auto"), ("none", 512, "auto"), ("none", 64, "bf16")]
+
+
+def tta_variants(device: torch.device) -> list[tuple[str, str]]:
+    """(compile, precision) of the time-to-accuracy runs: the defaults, and the fast alternative worth knowing."""
+    if device.type == "cuda":
+        return [("none", "auto"), ("cudagraph", "auto")]
+    return [("none", "auto"), ("none", "bf16")]
+
+
+def throughput_rows(pair: str, root: str, device: torch.device, samples: int, repeats: int) -> list[dict[str, object]]:
+    """The tutorial loop and every engine variant, `repeats` times in turn, so that a slow spell of a noisy
+    machine hits all of them alike. Each row: median samples/s, and the median and range of its ratios to
+    the tutorial run of the same round."""
+    model, dataset = pair.split(":")
+    base = config(model, dataset, root, device.type)
+    if device.type == "cpu":
+        tutorial_samples, samples = min(samples, 8192), samples
+    else:
+        tutorial_samples = samples = max(samples, 50000)
+    reference: list[float] = []
+    runs: dict[tuple[str, int, str], list[tuple[float, float]]] = {v: [] for v in variants(device)}
+    for round_ in range(repeats):
+        reference.append(tutorial_loop(base, device, tutorial_samples)[0])
+        print(f"{device} {pair} round {round_ + 1}: tutorial {reference[-1]:,.0f} samples/s", file=sys.stderr)
+        for compile_mode, bs, precision in runs:
+            cfg = config(model, dataset, root, device.type, batch_size=bs, compile=compile_mode, precision=precision)
+            runs[compile_mode, bs, precision].append(engine_throughput(cfg, device, samples))
+            print(f"  engine {compile_mode} b{bs} {precision}: {runs[compile_mode, bs, precision][-1][0]:,.0f}",
+                  file=sys.stderr)
+    rows: list[dict[str, object]] = [{"device": device.type, "pair": pair, "loop": "tutorial b64",
+                                      "samples_per_s": median(reference), "ratio": 1.0, "ratio_min": 1.0,
+                                      "ratio_max": 1.0, "runs": reference}]
+    for (compile_mode, bs, precision), results in runs.items():
+        ratios = [sps / ref for (sps, _), ref in zip(results, reference, strict=True)]
+        label = f"engine {compile_mode} b{bs}" + ("" if precision == "auto" else f" {precision}")
+        rows.append({"device": device.type, "pair": pair, "loop": label,
+                     "samples_per_s": median(sps for sps, _ in results), "ratio": median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios), "warmup_s": results[0][1],
+                     "runs": [sps for sps, _ in results]})
+    if device.type == "cuda":
+        rows[-1]["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    return rows
+
+
 def train_and_test(cfg: DictConfig, device: torch.device, max_epochs: int, target: float | None = None
                    ) -> tuple[float, int, float]:
     """Train with the engine, testing after every epoch, until `target` test accuracy (if given) or
@@ -157,6 +211,8 @@ def main() -> int:
     parser.add_argument("--device", default="all", help="cpu, cuda or all (every device present)")
     parser.add_argument("--pairs", default=",".join(PAIRS), help="model:dataset pairs")
     parser.add_argument("--samples", type=int, default=16384, help="training images per throughput measurement")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved repetitions of every loop; the table shows medians")
     parser.add_argument("--tta-epochs", type=int, default=10, help="epochs allowed for time-to-accuracy (0: skip)")
     parser.add_argument("--accuracy-epochs", type=int, default=3,
                         help="epochs for the same-accuracy check (mlp, Fashion-MNIST; 0: skip)")
@@ -167,54 +223,43 @@ def main() -> int:
     rows, tta = [], []
     for dev_name in devices:
         device = torch.device(dev_name)
-        variants = [("none", 64), ("none", 512)]
-        if device.type == "cuda":
-            variants += [("torch", 512), ("cudagraph", 64), ("cudagraph", 512)]
         for pair in args.pairs.split(","):
-            model, dataset = pair.split(":")
-            base = config(model, dataset, args.root, dev_name)
-            samples = args.samples if device.type == "cpu" else max(args.samples, 50000)
-            ref, _ = tutorial_loop(base, device, min(samples, 8192) if device.type == "cpu" else samples)
-            rows.append({"device": dev_name, "pair": pair, "loop": "tutorial b64", "samples_per_s": ref, "ratio": 1.0})
-            print(f"{dev_name} {pair} tutorial: {ref:,.0f} samples/s", file=sys.stderr)
-            for compile_mode, bs in variants:
-                cfg = config(model, dataset, args.root, dev_name, batch_size=bs, compile=compile_mode)
-                sps, warm = engine_throughput(cfg, device, samples)
-                rows.append({"device": dev_name, "pair": pair, "loop": f"engine {compile_mode} b{bs}",
-                             "samples_per_s": sps, "ratio": sps / ref, "warmup_s": warm})
-                print(f"{dev_name} {pair} engine {compile_mode} b{bs}: {sps:,.0f} samples/s", file=sys.stderr)
-            if device.type == "cuda":
-                rows[-1]["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-                torch.cuda.reset_peak_memory_stats(device)
+            rows += throughput_rows(pair, args.root, device, args.samples, args.repeats)
         if args.tta_epochs:
             for pair, target in TARGETS.items():
                 if pair not in args.pairs.split(","):
                     continue
                 model, dataset = pair.split(":")
-                best = "cudagraph" if device.type == "cuda" else "none"
-                cfg = config(model, dataset, args.root, dev_name, compile=best)
-                seconds, epochs, acc = train_and_test(cfg, device, args.tta_epochs, target)
-                tta.append({"device": dev_name, "pair": pair, "target": target, "seconds": seconds, "epochs": epochs,
-                            "accuracy": acc, "compile": best})
-                print(f"{dev_name} {pair} time to {target:.0%}: {seconds:.1f}s", file=sys.stderr)
+                for compile_mode, precision in tta_variants(device):
+                    cfg = config(model, dataset, args.root, dev_name, compile=compile_mode, precision=precision)
+                    seconds, epochs, acc = train_and_test(cfg, device, args.tta_epochs, target)
+                    tta.append({"device": dev_name, "pair": pair, "target": target, "seconds": seconds,
+                                "epochs": epochs, "accuracy": acc, "compile": compile_mode, "precision": precision})
+                    print(f"{dev_name} {pair} {compile_mode} {precision} time to {target:.0%}: {seconds:.1f}s",
+                          file=sys.stderr)
 
     same = accuracy_check(args.root, torch.device(devices[-1]), args.accuracy_epochs) if args.accuracy_epochs else []
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\nThroughput ({name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads)\n")
-    print("| device | model:dataset | loop | samples/s | s/epoch (train split) | x tutorial | warm-up s |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    print(f"Medians of {args.repeats} interleaved rounds; 'x tutorial' is the median of each round's ratio, "
+          "with the lowest and highest round in brackets.\n")
+    print("| device | model:dataset | loop | samples/s | s/epoch (train split) | x tutorial | warm-up s | peak MiB |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         n_train = 45000 if r["pair"].endswith("cifar10") else 54000
+        spread = "" if r["loop"].startswith("tutorial") else f" ({r['ratio_min']:.1f}-{r['ratio_max']:.1f})"
+        peak = f"{r['peak_mem_mib']:,.0f}" if "peak_mem_mib" in r else ""
         print(f"| {r['device']} | {r['pair']} | {r['loop']} | {r['samples_per_s']:,.0f} | "
-              f"{n_train / r['samples_per_s']:.2f} | {r['ratio']:.1f} | {r.get('warmup_s', float('nan')):.2f} |")
+              f"{n_train / r['samples_per_s']:.2f} | {r['ratio']:.2f}{spread} | "
+              f"{r.get('warmup_s', float('nan')):.2f} | {peak} |")
     if tta:
         print("\nTime to accuracy (training seconds, evaluation excluded; batch 64, default recipe)\n")
-        print("| device | model:dataset | target | seconds | epochs | test accuracy |")
-        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        print("| device | model:dataset | compile | precision | target | seconds | epochs | test accuracy |")
+        print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |")
         for t in tta:
-            print(f"| {t['device']} | {t['pair']} | {t['target']:.0%} | {t['seconds']:.1f} | {t['epochs']} | "
-                  f"{t['accuracy']:.2%} |")
+            print(f"| {t['device']} | {t['pair']} | {t['compile']} | {t['precision']} | {t['target']:.0%} | "
+                  f"{t['seconds']:.1f} | {t['epochs']} | {t['accuracy']:.2%} |")
     if same:
         print(f"\nSame accuracy: mlp on Fashion-MNIST, {args.accuracy_epochs} epochs, batch 64, Adam 1e-3 "
               f"({devices[-1]})\n")
