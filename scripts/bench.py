@@ -218,6 +218,9 @@ def main() -> int:
                         help="epochs for the same-accuracy check (mlp, Fashion-MNIST; 0: skip)")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench.py: --device cuda was asked for, but torch sees no CUDA device", file=sys.stderr)
+        return 2
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d != "cuda" or torch.cuda.is_available()]
     rows, tta = [], []

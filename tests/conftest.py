@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -89,9 +90,18 @@ def isolated_env(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield
 
 
+def console_script(tool: str) -> str:
+    """The installed console script: beside this Python (a venv), else on PATH (a `pip install --target`)."""
+    beside = Path(sys.executable).with_name(tool)
+    found = str(beside) if beside.exists() else shutil.which(tool)
+    if found is None:
+        raise AssertionError(f"{tool} is not installed: pip install -e . first")
+    return found
+
+
 def cli(tool: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run an fmnist console script the way a user would, from `cwd`."""
-    exe = Path(sys.executable).with_name(tool)
+    exe = console_script(tool)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:

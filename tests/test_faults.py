@@ -8,13 +8,12 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, compose
+from conftest import cli, compose, console_script
 
 from fmnist import atomic
 from fmnist import checkpoint as checkpoint_module
@@ -31,7 +30,7 @@ TIMING = ("seconds", "samples_per_s")
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    exe = Path(sys.executable).with_name("fmnist-train")
+    exe = console_script("fmnist-train")
     return subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

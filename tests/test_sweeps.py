@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST, cli
+from conftest import FAST, cli, console_script
 from test_cli_train import assert_real_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path):
 
 
 def test_runs_started_together_never_share_a_directory(tmp_path: Path):
-    exe = Path(sys.executable).with_name("fmnist-train")
+    exe = console_script("fmnist-train")
     procs = [subprocess.Popen([str(exe), "model=mlp", "dataset=mnist", "epochs=1", "progress=false"], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
     assert all(p.wait(timeout=300) == 0 for p in procs)

@@ -1,0 +1,25 @@
+#!/bin/bash
+# The GPU checks of issue #5 in one command, for a machine with a GPU and no network (the lent device):
+# the CUDA tests (tests/test_cuda.py), then the benchmark on CUDA. Prints both; writes logs into OUT.
+#
+#   scripts/device_check.sh DATA_ROOT [OUT] [bench.py options...]
+#
+# Python packages it lacks travel as wheels in .whl/ (installed here with --target, no network): Hydra's
+# three from ../shared/device-wheels and fmnist's own (`pip wheel --no-deps -w .whl .`). The steps that
+# get the data there are in docs/benchmarks.md.
+set -euo pipefail
+root=${1:?usage: scripts/device_check.sh DATA_ROOT [OUT] [bench.py options...]}
+out=${2:-.}
+shift $(( $# < 2 ? $# : 2 ))
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+status=0
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" || status=1
+python3 scripts/bench.py --root "$root" --device cuda --json "$out/bench-cuda.json" "$@" 2>&1 \
+    | tee "$out/bench-cuda.md" || status=1
+exit $status
