@@ -36,7 +36,7 @@ from fmnist.config import CONFIG_DIR
 from fmnist.datasets import open_dataset
 from fmnist.engine import evaluate, make_step_runner, train_one_epoch
 from fmnist.loaders import TensorBatches, load_split, make_batches
-from fmnist.runtime import resolve_precision
+from fmnist.runtime import resolve_precision, synchronize
 
 PAIRS = ("cnn:fashion", "mlp:fashion", "bn_cnn:mnist", "feedforward:cifar10")
 TARGETS = {"cnn:fashion": 0.91, "bn_cnn:mnist": 0.97, "mlp:fashion": 0.86}
@@ -47,11 +47,6 @@ def config(model: str, dataset: str, root: str, device: str, **extra: object) ->
                  "progress=false", *(f"{k}={v}" for k, v in extra.items())]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def tutorial_loop(cfg: DictConfig, device: torch.device, samples: int, epochs: int = 1
@@ -71,7 +66,7 @@ def tutorial_loop(cfg: DictConfig, device: torch.device, samples: int, epochs: i
     for _ in range(epochs):
         for x, y in loader:
             if start is None and seen >= 5 * 64:  # warm-up excluded
-                sync(device)
+                synchronize(device)
                 start, seen = time.perf_counter(), 0
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
@@ -80,7 +75,7 @@ def tutorial_loop(cfg: DictConfig, device: torch.device, samples: int, epochs: i
             optimizer.step()
             running += loss.item()
             seen += len(y)
-    sync(device)
+    synchronize(device)
     return seen / (time.perf_counter() - start), model
 
 
@@ -120,7 +115,7 @@ def engine_throughput(cfg: DictConfig, device: torch.device, samples: int) -> tu
     runner = make_step_runner(cfg.compile, model, loss_fn, optimizer, batches, device=device, dtype=dtype)
     start = time.perf_counter()
     train_one_epoch(model, batches, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)  # warm-up/capture
-    sync(device)
+    synchronize(device)
     warmup = time.perf_counter() - start
     batches.set_epoch(2)
     stats = train_one_epoch(model, batches, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)
@@ -194,10 +189,10 @@ def train_and_test(cfg: DictConfig, device: torch.device, max_epochs: int, targe
     spent, acc = 0.0, 0.0
     for epoch in range(1, max_epochs + 1):
         train.set_epoch(epoch)
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         train_one_epoch(model, train, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)
-        sync(device)
+        synchronize(device)
         spent += time.perf_counter() - start
         acc = evaluate(model, test, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype).accuracy
         if target is not None and acc >= target:

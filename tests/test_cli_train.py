@@ -128,3 +128,13 @@ def test_help_shows_groups_and_options(tmp_path: Path):
     assert "model: bn_cnn, bn_cnn_wide, cnn, feedforward, mlp" in out
     assert "dataset: cifar10, fashion, mnist" in out
     assert "optimizer: adam, adamw, rmsprop, sgd" in out
+
+
+def test_compile_torch_trains_and_reports_its_warmup_apart(tmp_path: Path):
+    """torch.compile on the CPU through the CLI; the compilation is logged and recorded as one-time."""
+    proc = cli("fmnist-train", "model=mlp", "dataset=mnist", "compile=torch", *FAST, "hydra.run.dir=r", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    first, second = metrics["history"]
+    assert 0 < first["warmup_s"] < first["seconds"] and second["warmup_s"] == 0
+    assert "one-time torch warm-up" in proc.stdout + proc.stderr
+    assert metrics["test"]["accuracy"] > 0.5

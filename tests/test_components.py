@@ -73,3 +73,18 @@ def test_channels_last_auto_follows_the_measurements():
     assert use_channels_last(bn_cnn, cuda, "auto") and not use_channels_last(mlp, cuda, "auto")
     assert use_channels_last(bn_cnn, cpu, True) and not use_channels_last(cnn, cpu, False)
     assert not use_channels_last(mlp, cpu, True)
+
+
+def test_warmup_steps_are_timed_apart_from_the_steady_state():
+    from fmnist.engine import train_one_epoch
+    from fmnist.loaders import make_batches
+
+    cfg = compose("model=mlp", "dataset=mnist", "batch_size=40")
+    device = torch.device("cpu")
+    batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
+    model = build_model(cfg)
+    stats = train_one_epoch(model, batches, build_loss(cfg), build_optimizer(cfg, model.parameters(), device),
+                            device=device, dtype=torch.float32, warmup_steps=2)
+    assert stats.warmup_samples == 80 and 0 < stats.warmup_seconds < stats.seconds
+    steady = (stats.samples - 80) / (stats.seconds - stats.warmup_seconds)
+    assert stats.samples_per_s == pytest.approx(steady)

@@ -26,7 +26,7 @@ from fmnist.loaders import make_batches
 # A recipe that uses every source of randomness: shuffling, augmentation and dropout.
 RECIPE = ("model=mlp", "dataset=mnist", "epochs=4", "batch_size=16", "seed=11", "progress=false",
           "dataset.augment.crop_padding=2", "dataset.augment.hflip=true", "checkpoint_every_steps=2")
-TIMING = ("seconds", "samples_per_s")
+TIMING = ("seconds", "samples_per_s", "warmup_s")
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen[str]:

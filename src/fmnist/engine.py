@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from fmnist.errors import UserError
 from fmnist.loaders import Batches
-from fmnist.runtime import autocast
+from fmnist.runtime import autocast, synchronize
 
 REFRESH_EVERY = 25  # batches between progress-bar updates (each costs one host sync)
 
@@ -35,6 +35,8 @@ class EpochStats:
     steps: int
     completed: bool = True
     skipped: int = 0  # batches whose loss was NaN/inf, with on_nan=skip_batch
+    warmup_seconds: float = 0.0  # one-time compilation / graph capture at the start, inside `seconds`
+    warmup_samples: int = 0  # the samples trained during that warm-up
 
     @property
     def loss(self) -> float:
@@ -46,7 +48,9 @@ class EpochStats:
 
     @property
     def samples_per_s(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else math.nan
+        """Steady-state throughput: the one-time warm-up is left out."""
+        seconds = self.seconds - self.warmup_seconds
+        return (self.samples - self.warmup_samples) / seconds if seconds > 0 else math.nan
 
 
 @dataclass
@@ -76,7 +80,7 @@ def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: nn.Module, opti
                     step_scheduler: Callable[[], None] | None = None, progress: bool = False,
                     desc: str = "train", runner: GraphedStep | None = None, start: EpochStats | None = None,
                     after_step: Callable[[int, Callable[[], EpochStats]], bool] | None = None,
-                    skip_nonfinite: bool = False) -> EpochStats:
+                    skip_nonfinite: bool = False, warmup_steps: int = 0) -> EpochStats:
     """One pass over `batches` with an optimizer step per batch; raises NonFiniteLoss on NaN/inf.
 
     `start` continues a partial epoch (its batches are skipped, its sums carried on). `after_step` is
@@ -84,19 +88,23 @@ def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: nn.Module, opti
     sync, so only when needed); it returns True to stop early, and the result is then a partial epoch
     (completed=False) that a later call can continue. With `skip_nonfinite` a batch whose loss is
     NaN/inf gets no optimizer step (one host sync per batch). With a `runner` (compile=cudagraph) full
-    batches replay one captured CUDA graph; a last partial batch runs eagerly.
+    batches replay one captured CUDA graph; a last partial batch runs eagerly. The first `warmup_steps`
+    steps (compilation, graph capture) are timed apart (one host sync), so that samples/s is the steady
+    state and the one-time cost is reported as such.
     """
     model.train()
     start = start or EpochStats(0.0, 0, 0, 0.0, 0)
     loss_sum = torch.tensor(start.loss_sum, device=device)
     correct = torch.tensor(start.correct, device=device, dtype=torch.int64)
     seen, skipped, step = start.samples, start.skipped, start.steps
+    warmup_seconds, warmup_samples = start.warmup_seconds, start.warmup_samples
     clock = time.perf_counter()
 
     def stats(completed: bool) -> EpochStats:
         total_loss, total_correct = _totals(loss_sum, correct, runner)
         return EpochStats(total_loss.item(), int(total_correct.item()), seen,
-                          start.seconds + time.perf_counter() - clock, step, completed, skipped)
+                          start.seconds + time.perf_counter() - clock, step, completed, skipped,
+                          warmup_seconds, warmup_samples)
 
     def eager_step(x: torch.Tensor, y: torch.Tensor) -> int:
         """One optimizer step; returns the samples it counted (0 for a skipped batch)."""
@@ -138,6 +146,10 @@ def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: nn.Module, opti
             seen += eager_step(*runner.batches.gather(item, None))
         if step_scheduler is not None:
             step_scheduler()
+        if warmup_steps and step - start.steps == warmup_steps:
+            synchronize(device)
+            warmup_seconds += time.perf_counter() - clock
+            warmup_samples += seen - start.samples
         if step % REFRESH_EVERY == 0:
             now = stats(completed=False)
             if progress:

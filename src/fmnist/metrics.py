@@ -13,7 +13,8 @@ import torch
 
 from fmnist.atomic import write_atomically
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_s")
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_s",
+                  "warmup_s")
 
 
 def class_report(confusion: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def write_history(out_dir: Path, history: list[dict[str, Any]], summary: dict[st
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=HISTORY_FIELDS)
     writer.writeheader()
-    writer.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
+    writer.writerows({k: row.get(k) for k in HISTORY_FIELDS} for row in history)  # older runs lack warmup_s
     write_atomically(out_dir / "metrics.csv", lambda tmp: tmp.write_text(table.getvalue()))
     text = json.dumps({**summary, "history": history}, indent=2) + "\n"
     write_atomically(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))

@@ -63,6 +63,14 @@ def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True) -> co
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock measures it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator a run touches, so the same seed and config give the same metrics on CPU."""
     random.seed(seed)

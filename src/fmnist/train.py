@@ -126,6 +126,8 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
             "rng": _rng_state(),
         }
 
+    # The first steps this process trains compile (compile=torch) or capture (cudagraph): timed apart.
+    warmup_steps = runner.WARMUP if runner is not None else (1 if compile_mode == "torch" else 0)
     every = cfg.get("checkpoint_every_steps") or 0
     skip_nonfinite = cfg.get("on_nan", "stop") == "skip_batch"
     with StopRequest() as stop:
@@ -149,7 +151,9 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
                 train = train_one_epoch(net, train_batches, loss_fn, optimizer, device=device, dtype=dtype,
                                         scaler=scaler, step_scheduler=step_scheduler, progress=progress,
                                         desc=f"epoch {epoch}/{cfg.epochs}", runner=runner, start=partial,
-                                        after_step=after_step, skip_nonfinite=skip_nonfinite)
+                                        after_step=after_step, skip_nonfinite=skip_nonfinite,
+                                        warmup_steps=warmup_steps)
+                warmup_steps = 0
             except NonFiniteLoss as exc:
                 last = out_dir / "last.pt"
                 kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
@@ -175,6 +179,7 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
                 "lr": lr,
                 "seconds": train.seconds + val.seconds,
                 "samples_per_s": train.samples_per_s,
+                "warmup_s": train.warmup_seconds,
             }
             history.append(row)
             improved = val.accuracy > best_val_acc
@@ -187,9 +192,11 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
                 save_checkpoint(state, out_dir / "best.pt")
             save_checkpoint(state, out_dir / "last.pt")
             write_history(out_dir, history, {k: v for k, v in state["metrics"].items() if k != "history"})
-            log.info("epoch %d/%d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | lr %.2e | %.1fs | "
+            warmup = f" (incl. {train.warmup_seconds:.1f}s one-time {compile_mode} warm-up)" \
+                if train.warmup_seconds else ""
+            log.info("epoch %d/%d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | lr %.2e | %.1fs%s | "
                      "%s samples/s", epoch, cfg.epochs, train.loss, 100 * train.accuracy, val.loss,
-                     100 * val.accuracy, " *" if improved else "", lr, row["seconds"],
+                     100 * val.accuracy, " *" if improved else "", lr, row["seconds"], warmup,
                      f"{train.samples_per_s:,.0f}")
             if stop:
                 raise _interrupted(stop, out_dir, f"the end of epoch {epoch}")
