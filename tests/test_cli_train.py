@@ -138,3 +138,12 @@ def test_compile_torch_trains_and_reports_its_warmup_apart(tmp_path: Path):
     assert 0 < first["warmup_s"] < first["seconds"] and second["warmup_s"] == 0
     assert "one-time torch warm-up" in proc.stdout + proc.stderr
     assert metrics["test"]["accuracy"] > 0.5
+
+
+def test_bf16_autocast_on_the_cpu(tmp_path: Path):
+    """precision=bf16 (what README recommends for conv models on CPUs with AMX) trains and tests on the CPU."""
+    proc = cli("fmnist-train", "model=cnn", "model.channels=[8,16]", "model.hidden=[32]", "dataset=fashion",
+               "precision=bf16", *FAST, "hydra.run.dir=r", cwd=tmp_path)
+    assert "bfloat16" in proc.stdout + proc.stderr
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5
