@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from fmnist.augment import Normalize
-from fmnist.build import build_loss, build_model, build_optimizer, use_channels_last
+from fmnist.build import build_loss, build_model, build_training
 from fmnist.config import CONFIG_DIR
 from fmnist.datasets import open_dataset
-from fmnist.engine import evaluate, make_step_runner, train_one_epoch
+from fmnist.engine import evaluate, train_one_epoch
 from fmnist.loaders import TensorBatches, load_split, make_batches
 from fmnist.runtime import resolve_precision, synchronize
 
@@ -94,31 +94,20 @@ def accuracy_check(root: str, device: torch.device, epochs: int) -> list[dict[st
     return rows
 
 
-def engine_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    """The model as fmnist-train sets it up: memory format, and torch.compile for compile=torch."""
-    model = build_model(cfg).to(device)
-    if use_channels_last(model, device, cfg.channels_last):
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if cfg.compile == "torch" else model
-
-
 def engine_throughput(cfg: DictConfig, device: torch.device, samples: int) -> tuple[float, float]:
     """fmnist's engine on the first `samples` training images: (samples/s, one-time warm-up seconds)."""
     images, labels = load_split(cfg, "train")
     batches = TensorBatches(images[:samples].to(device), labels[:samples].to(device), cfg.batch_size,
                             Normalize(list(cfg.dataset.mean), list(cfg.dataset.std), device), shuffle=True,
                             seed=cfg.seed)
-    model = engine_model(cfg, device)
-    loss_fn = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model.parameters(), device)
     dtype = resolve_precision(cfg.precision, device)
-    runner = make_step_runner(cfg.compile, model, loss_fn, optimizer, batches, device=device, dtype=dtype)
+    t = build_training(cfg, batches, device, dtype)
     start = time.perf_counter()
-    train_one_epoch(model, batches, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)  # warm-up/capture
+    train_one_epoch(t.net, batches, t.loss_fn, t.optimizer, device=device, dtype=dtype, runner=t.runner)  # warm-up
     synchronize(device)
     warmup = time.perf_counter() - start
     batches.set_epoch(2)
-    stats = train_one_epoch(model, batches, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)
+    stats = train_one_epoch(t.net, batches, t.loss_fn, t.optimizer, device=device, dtype=dtype, runner=t.runner)
     return stats.samples_per_s, warmup
 
 
@@ -181,20 +170,17 @@ def train_and_test(cfg: DictConfig, device: torch.device, max_epochs: int, targe
     torch.manual_seed(cfg.seed)
     train = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
     test = make_batches(cfg, "test", device, batch_size=cfg.eval_batch_size, training=False)
-    model = engine_model(cfg, device)
-    loss_fn = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model.parameters(), device)
     dtype = resolve_precision(cfg.precision, device)
-    runner = make_step_runner(cfg.compile, model, loss_fn, optimizer, train, device=device, dtype=dtype)
+    t = build_training(cfg, train, device, dtype)
     spent, acc = 0.0, 0.0
     for epoch in range(1, max_epochs + 1):
         train.set_epoch(epoch)
         synchronize(device)
         start = time.perf_counter()
-        train_one_epoch(model, train, loss_fn, optimizer, device=device, dtype=dtype, runner=runner)
+        train_one_epoch(t.net, train, t.loss_fn, t.optimizer, device=device, dtype=dtype, runner=t.runner)
         synchronize(device)
         spent += time.perf_counter() - start
-        acc = evaluate(model, test, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype).accuracy
+        acc = evaluate(t.net, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype).accuracy
         if target is not None and acc >= target:
             return spent, epoch, acc
     return (float("nan") if target is not None else spent), max_epochs, acc

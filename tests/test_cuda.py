@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import FAST, cli, compose
 
-from fmnist.build import build_loss, build_model, build_optimizer
-from fmnist.engine import make_step_runner, train_one_epoch
+from fmnist.build import build_training
+from fmnist.engine import train_one_epoch
 from fmnist.loaders import make_batches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -30,18 +30,15 @@ def train_epochs(compile_mode: str, epochs: int, *overrides: str) -> tuple[torch
     device = torch.device("cuda")
     torch.manual_seed(0)
     batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
-    model = build_model(cfg).to(device)
-    loss_fn = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model.parameters(), device)
-    runner = make_step_runner(compile_mode, model, loss_fn, optimizer, batches, device=device, dtype=torch.float32)
+    t = build_training(cfg, batches, device, torch.float32)
     losses = []
     for epoch in range(1, epochs + 1):
         batches.set_epoch(epoch)
-        stats = train_one_epoch(model, batches, loss_fn, optimizer, device=device, dtype=torch.float32,
-                                runner=runner)
+        stats = train_one_epoch(t.net, batches, t.loss_fn, t.optimizer, device=device, dtype=torch.float32,
+                                runner=t.runner)
         assert stats.samples == batches.num_samples
         losses.append(stats.loss)
-    return model, losses
+    return t.model, losses
 
 
 def test_cudagraph_step_trains_like_the_eager_loop():

@@ -7,6 +7,7 @@ config group, so a typo in an override reads as a config problem, not a crash.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from fmnist.engine import GraphedStep, make_step_runner
 from fmnist.errors import UserError
+from fmnist.loaders import Batches
 from fmnist.models import Classifier
 
 FUSED = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}
@@ -76,6 +79,34 @@ def use_channels_last(model: nn.Module, device: torch.device, setting: bool | st
     if not convs:
         return False
     return device.type == "cuda" or min(c.out_channels for c in convs) >= 16
+
+
+@dataclass
+class Training:
+    """What the training loop needs besides the data: `net` is what the loop calls (torch.compile'd for
+    compile=torch), `model` the plain module whose weights checkpoints keep."""
+
+    model: Classifier
+    net: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    runner: GraphedStep | None  # compile=cudagraph
+
+
+def build_training(cfg: DictConfig, batches: Batches, device: torch.device, dtype: torch.dtype) -> Training:
+    """Model (memory format, compile mode), loss, optimizer and step runner as the config asks.
+
+    fmnist-train and scripts/bench.py both build through here, so the benchmark measures what users run.
+    """
+    model = build_model(cfg).to(device)
+    if use_channels_last(model, device, cfg.get("channels_last", "auto")):
+        model = model.to(memory_format=torch.channels_last)
+    compile_mode = cfg.get("compile", "none")
+    net = torch.compile(model) if compile_mode == "torch" else model
+    loss_fn = build_loss(cfg).to(device)
+    optimizer = build_optimizer(cfg, model.parameters(), device)
+    runner = make_step_runner(compile_mode, net, loss_fn, optimizer, batches, device=device, dtype=dtype)
+    return Training(model, net, loss_fn, optimizer, runner)
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int

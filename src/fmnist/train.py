@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.build import build_loss, build_model, build_optimizer, build_scheduler, use_channels_last
+from fmnist.build import build_scheduler, build_training
 from fmnist.checkpoint import load_checkpoint, save_checkpoint
 from fmnist.config import validate
-from fmnist.engine import EpochStats, EvalResult, NonFiniteLoss, evaluate, make_step_runner, train_one_epoch
+from fmnist.engine import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_one_epoch
 from fmnist.errors import UserError
 from fmnist.interrupt import Interrupted, StopRequest
 from fmnist.loaders import make_batches
@@ -67,18 +67,13 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
 
     train_batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
     val_batches = make_batches(cfg, "val", device, batch_size=cfg.eval_batch_size, training=False)
-    model = build_model(cfg).to(device)
-    if use_channels_last(model, device, cfg.get("channels_last", "auto")):
-        model = model.to(memory_format=torch.channels_last)
-    # compile=torch compiles the module the loop calls; checkpoints keep saving the plain module's weights.
+    # compile=torch compiles the module the loop calls (net); checkpoints keep saving the plain model's weights.
+    parts = build_training(cfg, train_batches, device, dtype)
+    model, net, loss_fn, optimizer, runner = parts.model, parts.net, parts.loss_fn, parts.optimizer, parts.runner
     compile_mode = cfg.get("compile", "none")
-    net = torch.compile(model) if compile_mode == "torch" else model
-    loss_fn = build_loss(cfg).to(device)
-    optimizer = build_optimizer(cfg, model.parameters(), device)
     scheduler, interval = build_scheduler(cfg, optimizer, len(train_batches))
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
     step_scheduler = scheduler.step if scheduler is not None and interval == "step" else None
-    runner = make_step_runner(compile_mode, net, loss_fn, optimizer, train_batches, device=device, dtype=dtype)
 
     history: list[dict[str, Any]] = []
     best_epoch, best_val_acc, done_epochs = 0, -1.0, 0
