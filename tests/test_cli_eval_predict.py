@@ -172,3 +172,12 @@ def test_predict_multirun_writes_one_picture_per_job(trained_run: Path, tmp_path
         "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert (tmp_path / "sweep" / "0" / "prediction.png").is_file()
     assert (tmp_path / "sweep" / "1" / "prediction.png").is_file()
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(trained_run: Path, tmp_path: Path):
+    (tmp_path / "taken").write_text("a file, not a directory")
+    for tool in ("fmnist-eval", "fmnist-predict"):
+        proc = cli(tool, f"ckpt={trained_run / 'best.pt'}", f"out_dir={tmp_path / 'taken'}", "progress=false"
+                   if tool == "fmnist-eval" else "index=0", cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "a file is in the way" in proc.stderr.strip().splitlines()[-1]

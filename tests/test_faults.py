@@ -123,7 +123,7 @@ def test_failure_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path
         raise OSError(errno.EIO, "injected failure before rename")
 
     monkeypatch.setattr(atomic.os, "replace", crash)
-    with pytest.raises(UserError, match="could not write checkpoint"):
+    with pytest.raises(UserError, match="could not write .*last.pt"):
         save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
     monkeypatch.undo()
     with pytest.raises(UserError):  # written by save_checkpoint directly, so it lacks a run's fields
@@ -144,7 +144,7 @@ def test_disk_full_is_a_clear_error_and_the_previous_checkpoint_survives(tmp_pat
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
-    with pytest.raises(UserError, match="No space left on device"):
+    with pytest.raises(UserError, match="no space left on device"):
         save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1
@@ -155,7 +155,7 @@ def test_unwritable_checkpoint_path_is_a_one_line_error(tmp_path: Path):
     proc = cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
                check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "could not write checkpoint" in proc.stderr
+    assert "could not write" in proc.stderr and "last.pt" in proc.stderr
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only directory")
@@ -169,7 +169,7 @@ def test_read_only_output_directory(tmp_path: Path):
                    "resume=auto", "hydra.output_subdir=null", "hydra/job_logging=none", cwd=tmp_path, check=False)
     finally:
         out.chmod(0o755)
-    assert proc.returncode == 2 and "could not write checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "could not write" in proc.stderr
     load_checkpoint(out / "last.pt")
 
 
@@ -209,3 +209,102 @@ def test_on_nan_skip_batch_skips_only_the_bad_batches():
                             dtype=torch.float32, skip_nonfinite=True)
     assert stats.skipped == 2 and stats.steps == len(batches)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---- a run directory belongs to one run ----------------------------------------------------------------
+
+
+def test_a_second_run_into_a_used_directory_is_refused_and_changes_nothing(tmp_path: Path):
+    cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", "hydra.run.dir=run", cwd=tmp_path)
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.json")}
+    proc = cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "already holds a run" in proc.stderr and "resume=auto" in proc.stderr
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in before} == before
+
+
+def test_two_runs_into_one_directory_at_once_the_second_is_refused(tmp_path: Path):
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".fmnist.lock", "w") as held:  # what a running fmnist-train holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        proc = cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", "hydra.run.dir=run", "resume=auto",
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "in use by another fmnist-train (pid 4242)" in proc.stderr
+    assert not (run / "metrics.json").exists() and not (run / "last.pt").exists()
+
+
+# ---- disk full -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 3 MiB tmpfs: room for the run's small files, not for an mlp checkpoint with Adam's state."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip() or 'not permitted'}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_on_a_real_small_filesystem(small_disk: Path, tmp_path: Path):
+    proc = cli("fmnist-train", "model=mlp", "model.hidden=[512,512]", "dataset=mnist", "epochs=1",
+               "progress=false", f"hydra.run.dir={small_disk / 'run'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "could not write" in line and "no space left on device" in line, line
+    metrics = small_disk / "run" / "metrics.json"
+    assert not metrics.exists() or json.loads(metrics.read_text())["status"] != "completed"
+    assert not list((small_disk / "run").glob(".*.tmp*"))  # no half-written temporary left
+
+
+@pytest.mark.parametrize("failure", ["oserror", "torch-runtimeerror"])
+def test_injected_disk_full_in_any_writer_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      failure: str):
+    from collections import namedtuple
+
+    from fmnist.plots import plot_curves
+
+    def full(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    target = tmp_path / "metrics.json"
+    target.write_text("previous")
+    with pytest.raises(UserError, match=r"could not write .*metrics.json: no space left on device"):
+        atomic.write_atomically(target, full)
+    assert target.read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    monkeypatch.setattr(atomic.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(UserError, match="no space left on device"):  # the figures go through the same writer
+        plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5}],
+                    tmp_path / "curves.png")
+
+
+def test_a_bug_in_a_writer_is_not_mistaken_for_a_full_disk(tmp_path: Path):
+    def bug(tmp: Path) -> None:
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        atomic.write_atomically(tmp_path / "x", bug)
+
+
+def test_skip_batch_stops_when_too_much_of_an_epoch_was_skipped(tmp_path: Path):
+    proc = cli("fmnist-train", "model=mlp", "dataset=mnist", "optimizer=sgd", "optimizer.lr=1e12",
+               "optimizer.momentum=0.0", "on_nan=skip_batch", "epochs=2", "batch_size=8", "progress=false",
+               "hydra.run.dir=r", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "epoch 1:" in line and "skip_batch_limit=0.25" in line
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["history"] == []

@@ -1,18 +1,33 @@
-"""Replacing a file so that readers, and a crash at any instant, see the old file or the new one."""
+"""Replacing a file so that readers, and a crash at any instant, see the old file or the new one.
+
+Every file a run leaves (checkpoints, metrics, figures, sweep summaries) is written through here, so a
+failed write (disk full, a directory in the way, no permission) is reported the same way everywhere: one
+line naming the path and the reason, and the previous version of the file left as it was.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+from fmnist.errors import UserError
+
+# Below this much free space after a failed write, the failure is taken to be a full disk: torch.save
+# reports one as a RuntimeError without an errno.
+_NEARLY_FULL = 1 << 20
+# How torch.save's stream writer words a failed write (it raises RuntimeError, not OSError).
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed")
 
 
 def write_atomically(path: Path, write: Callable[[Path], object], *, durable: bool = False) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it over `path`.
 
     durable=True also fsyncs the file before the rename and the directory after it, so the new file
-    survives a power loss too (checkpoints). On any error the temporary file is removed and the error
-    propagates; `path` is untouched.
+    survives a power loss too (checkpoints). On any error the temporary file is removed and `path` is
+    untouched; an OSError, or a RuntimeError from torch.save, becomes a UserError naming the path.
     """
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix tells writers the format
     try:
@@ -22,9 +37,40 @@ def write_atomically(path: Path, write: Callable[[Path], object], *, durable: bo
         os.replace(tmp, path)
         if durable:
             _fsync(path.parent, os.O_RDONLY)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not any(w in str(exc) for w in _TORCH_WRITE_FAILURES):
+            tmp.unlink(missing_ok=True)
+            raise  # not an I/O failure: a bug, keep its traceback
+        reason = _reason(exc, path)
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path}: {reason}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def ensure_dir(path: Path) -> Path:
+    """mkdir -p, with a one-line error when something is in the way or the disk refuses."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"cannot use {path} as a directory: a file is in the way") from None
+    except OSError as exc:
+        raise UserError(f"cannot create directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    try:
+        if shutil.disk_usage(path.parent).free < _NEARLY_FULL:
+            return "no space left on device"
+    except OSError:
+        pass
+    return " ".join(str(exc).split())[:160]
 
 
 def _fsync(path: Path, flags: int) -> None:

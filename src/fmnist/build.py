@@ -122,8 +122,24 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     return _make("scheduler", OmegaConf.create(node), optimizer), interval
 
 
+def check_weights_fit(cfg: DictConfig, weights: dict[str, torch.Tensor], source: str) -> None:
+    """The config's model has exactly the stored weights' names and shapes, checked on the meta device.
+
+    A crafted config could ask for a model of any size; sizing it without memory first means the model
+    built for real is never larger than the weights the file actually holds.
+    """
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in weights.items()}
+    if shapes != stored:
+        differ = sorted(set(shapes) ^ set(stored)) or [k for k in shapes if shapes[k] != stored[k]]
+        raise UserError(f"{source}: the stored weights do not fit its model config (first difference: "
+                        f"{differ[0][:80]})")
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, device: torch.device) -> Classifier:
-    """The trained model, rebuilt from the config stored in its checkpoint."""
+    """The trained model, rebuilt from the (allowlisted) config stored in its checkpoint."""
+    check_weights_fit(cfg, ckpt["model"], "the checkpoint")
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])

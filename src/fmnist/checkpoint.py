@@ -1,14 +1,18 @@
 """What a checkpoint holds, writing it atomically, and reading it back safely.
 
 A checkpoint describes itself: model and optimizer state, the resolved config, class names, metrics and
-library versions, so fmnist-eval and fmnist-predict rebuild everything from the file alone. Reading uses
-`torch.load(weights_only=True)`: a file crafted to run code when unpickled is refused, not executed.
+library versions, so fmnist-eval and fmnist-predict rebuild everything from the file alone. A checkpoint
+may come from anywhere, so reading treats it as hostile data: the archive's records are size-checked before
+anything is inflated, `torch.load(weights_only=True)` refuses objects that would run code when unpickled,
+and every field is type-checked before use. (What its config may build is `allowlist.py`'s job.)
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import platform
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,9 @@ from fmnist.errors import UserError
 FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "model", "config", "class_names", "epoch", "metrics", "versions")
+# The largest model fmnist ships (feedforward on CIFAR-10) with Adam's state is under 100 MB.
+MAX_CHECKPOINT_BYTES = 2 << 30
+MAX_PICKLE_BYTES = 64 << 20  # the pickled structure itself (tensors live in their own records)
 
 
 def versions() -> dict[str, str]:
@@ -35,10 +42,7 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     A crash at any instant leaves either the old file or the new one, never a torn one.
     """
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **payload}
-    try:
-        write_atomically(path, lambda tmp: torch.save(payload, tmp), durable=True)
-    except OSError as exc:
-        raise UserError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
+    write_atomically(path, lambda tmp: torch.save(payload, tmp), durable=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -46,6 +50,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # the file is user input: any failure to parse it is a user-facing error
@@ -62,9 +67,76 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}: written by another fmnist version?")
     if ckpt["format_version"] != FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format {ckpt['format_version']}, this fmnist "
+        raise UserError(f"{path} has checkpoint format {_brief(ckpt['format_version'])}, this fmnist "
                         f"({__version__}) reads format {FORMAT_VERSION}")
+    _check_fields(ckpt, path)
     return ckpt
+
+
+def _check_archive(path: Path) -> None:
+    """Bound what torch.load will allocate: a zip of uncompressed records no larger than the file itself.
+
+    torch.save writes stored (uncompressed) records; a deflated record could inflate a few MB into GBs.
+    """
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise UserError(f"{path} is {size / 2**30:.1f} GiB: larger than any checkpoint fmnist writes "
+                        f"({MAX_CHECKPOINT_BYTES >> 30} GiB at most)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable checkpoint (not a torch.save archive: {exc})") from None
+    total = 0
+    for record in records:
+        if record.compress_type != zipfile.ZIP_STORED or record.file_size != record.compress_size:
+            raise UserError(f"{path} has a compressed record ({record.filename}): torch.save never writes one, "
+                            f"refusing to inflate it")
+        if record.filename.endswith("data.pkl") and record.file_size > MAX_PICKLE_BYTES:
+            raise UserError(f"{path}: its pickled structure is {record.file_size >> 20} MiB, too large for an "
+                            f"fmnist checkpoint")
+        total += record.file_size
+    if total > size:
+        raise UserError(f"{path}: its records claim {total} bytes in a {size}-byte file (corrupt)")
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """Every field fmnist reads, of the type it reads it as: a wrong one is a one-line error, not a crash."""
+
+    def bad(field: str, expected: str) -> UserError:
+        return UserError(f"{path}: field {field!r} is {_brief(ckpt.get(field))}, expected {expected}")
+
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise bad("model", "a state dict of named tensors")
+    if not isinstance(ckpt["config"], dict):
+        raise bad("config", "a mapping")
+    names = ckpt["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "a list of class names")
+    epoch = ckpt["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**31:
+        raise bad("epoch", "an epoch count")
+    metrics = ckpt["metrics"]
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("history"), list) or not all(
+            isinstance(row, dict) for row in metrics["history"]):
+        raise bad("metrics", "a mapping with a history list")
+    best_epoch, best_val = metrics.get("best_epoch"), metrics.get("best_val_acc")
+    if not isinstance(best_epoch, int) or isinstance(best_epoch, bool) or not isinstance(best_val, int | float) \
+            or isinstance(best_val, bool) or not math.isfinite(best_val):
+        raise bad("metrics", "best_epoch and best_val_acc numbers")
+    test = metrics.get("test")
+    if test is not None and not (isinstance(test, dict) and isinstance(test.get("accuracy", 0.0), int | float)):
+        raise bad("metrics", "a test result mapping")
+    choices = ckpt.get("choices", {})
+    if not isinstance(choices, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in choices.items()):
+        raise bad("choices", "a mapping of config group names")
+
+
+def _brief(value: Any) -> str:
+    text = repr(value) if isinstance(value, int | float | str | None) else type(value).__name__
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def latest_checkpoint(search_dirs: tuple[Path, ...] = (Path("outputs"), Path("multirun"))) -> Path:

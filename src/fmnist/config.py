@@ -7,6 +7,7 @@ value and what is allowed, so the CLI can print it as one line.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -37,16 +38,22 @@ if not OmegaConf.has_resolver("fmnist.pid"):
 _MISSING = object()
 
 
+INT64_MAX = 2**63 - 1
+MAX_WIDTH = 1 << 16  # layer widths, image sizes, class counts: far beyond any small classifier
+MAX_THREADS = 1024
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    """A finite int or float: NaN and inf are never a sensible setting."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _int_at_least(lo: int) -> Callable[[Any], bool]:
-    return lambda v: _is_int(v) and v >= lo
+def _int_at_least(lo: int, hi: int = INT64_MAX) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and lo <= v <= hi
 
 
 def _number_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True) -> Callable[[Any], bool]:
@@ -65,11 +72,23 @@ def _one_of(*choices: Any) -> Callable[[Any], bool]:
 
 
 def _int_list(min_len: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, list) and len(v) >= min_len and all(_is_int(x) and x >= 1 for x in v)
+    return lambda v: isinstance(v, list) and min_len <= len(v) <= 64 and all(
+        _is_int(x) and 1 <= x <= MAX_WIDTH for x in v)
 
 
 def _number_list(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 0 and all(_is_number(x) for x in v)
+    return isinstance(v, list) and 0 < len(v) <= 4 and all(_is_number(x) for x in v)
+
+
+def _class_names(v: Any) -> bool:
+    """Printable names without `$` (matplotlib would read it as mathtext) or control characters."""
+    return isinstance(v, list) and 2 <= len(v) <= MAX_WIDTH and all(
+        isinstance(x, str) and 0 < len(x) <= 64 and x.isprintable() and "$" not in x for x in v)
+
+
+def _dotted_names(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(x, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", x) is not None for x in v)
 
 
 def _is_bool(v: Any) -> bool:
@@ -87,38 +106,44 @@ class Rule:
     required: bool = True
 
 
+TRUST = Rule("trust", _dotted_names, "a list of dotted class names, e.g. [mypkg.Net]", required=False)
 DEVICE = Rule("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
               "auto, cpu, cuda, cuda:N or mps")
 
 # Keys a training run reads. Group options may lack some keys (rmsprop has no nesterov): not required.
 TRAIN_RULES: tuple[Rule, ...] = (
-    Rule("epochs", _int_at_least(1), "an integer >= 1"),
-    Rule("batch_size", _int_at_least(1), "an integer >= 1"),
-    Rule("eval_batch_size", _int_at_least(1), "an integer >= 1"),
-    Rule("seed", _int_at_least(0), "an integer >= 0"),
+    Rule("epochs", _int_at_least(1, 1_000_000), "an integer in [1, 1000000]"),
+    Rule("batch_size", _int_at_least(1, 2**31 - 1), "an integer in [1, 2^31)"),
+    Rule("eval_batch_size", _int_at_least(1, 2**31 - 1), "an integer in [1, 2^31)"),
+    Rule("seed", _int_at_least(0), "an integer in [0, 2^63)"),
     DEVICE,
     Rule("precision", _one_of("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
     Rule("compile", _one_of("none", "torch", "cudagraph"), "none, torch or cudagraph", required=False),
     Rule("channels_last", lambda v: v == "auto" or _is_bool(v), "auto, true or false", required=False),
-    Rule("num_workers", _int_at_least(0), "an integer >= 0"),
-    Rule("threads", lambda v: v == "auto" or _int_at_least(1)(v), "auto or an integer >= 1", required=False),
+    Rule("num_workers", _int_at_least(0, MAX_THREADS), f"an integer in [0, {MAX_THREADS}]"),
+    Rule("threads", lambda v: v == "auto" or _int_at_least(1, MAX_THREADS)(v),
+         f"auto or an integer in [1, {MAX_THREADS}]", required=False),
     Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
     Rule("data.loader", _one_of("tensor", "torchvision"), "tensor or torchvision"),
     Rule("resume", lambda v: v is None or (isinstance(v, str) and v != ""), "auto, a checkpoint or a run directory",
          required=False),
-    Rule("checkpoint_every_steps", lambda v: v is None or _int_at_least(0)(v), "an integer >= 0 (0: off)",
+    Rule("checkpoint_every_steps", lambda v: v is None or _int_at_least(0)(v), "an integer in [0, 2^63) (0: off)",
          required=False),
     Rule("on_nan", _one_of("stop", "skip_batch"), "stop or skip_batch", required=False),
+    Rule("skip_batch_limit", _number_in(0, 1, hi_open=False), "a share of an epoch's batches in [0, 1]",
+         required=False),
+    TRUST,
     Rule("dataset.name", _one_of("mnist", "fashion", "cifar10"), "mnist, fashion or cifar10"),
     Rule("dataset.root", lambda v: v is None or isinstance(v, str), "a directory path"),
     Rule("dataset.download", _is_bool, "true or false"),
-    Rule("dataset.num_classes", _int_at_least(2), "an integer >= 2"),
+    Rule("dataset.num_classes", _int_at_least(2, MAX_WIDTH), f"an integer in [2, {MAX_WIDTH}]"),
+    Rule("dataset.classes", _class_names, "a list of class names (printable, at most 64 characters, no $)"),
     Rule("dataset.channels", _one_of(1, 3), "1 or 3"),
-    Rule("dataset.image_size", _int_at_least(1), "an integer >= 1"),
+    Rule("dataset.image_size", _int_at_least(1, 4096), "an integer in [1, 4096]"),
     Rule("dataset.mean", _number_list, "a list of numbers, one per channel"),
     Rule("dataset.std", lambda v: _number_list(v) and all(x > 0 for x in v), "a list of numbers > 0"),
     Rule("dataset.val_fraction", _number_in(0, 1, lo_open=True), "a number in (0, 1)"),
-    Rule("dataset.augment.crop_padding", _int_at_least(0), "an integer >= 0"),
+    Rule("dataset.augment.crop_padding", _int_at_least(0, 4096), "an integer in [0, 4096]"),
     Rule("dataset.augment.hflip", _is_bool, "true or false"),
     Rule("dataset.augment.rotation", _number_in(0, 180, hi_open=False), "a number of degrees in [0, 180]"),
     Rule("model.hidden", _int_list(0), "a list of positive integers, e.g. [256,128]", required=False),
@@ -131,14 +156,14 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("optimizer.momentum", _number_in(0, 1), "a number in [0, 1)", required=False),
     Rule("optimizer.nesterov", _is_bool, "true or false", required=False),
     Rule("scheduler.interval", _one_of("epoch", "step"), "epoch or step"),
-    Rule("scheduler.step_size", _int_at_least(1), "an integer >= 1 (epochs)", required=False),
+    Rule("scheduler.step_size", _int_at_least(1, 1_000_000), "an integer >= 1 (epochs)", required=False),
     Rule("scheduler.gamma", _number_in(0, 1, lo_open=True, hi_open=False), "a number in (0, 1]",
          required=False),
     Rule("loss.label_smoothing", _number_in(0, 1), "a number in [0, 1)", required=False),
 )
 
 
-_OPTIONAL_INT = lambda v: v is None or _int_at_least(1)(v)  # noqa: E731
+_OPTIONAL_INT = lambda v: v is None or _int_at_least(1, 2**31 - 1)(v)  # noqa: E731
 
 # What fmnist-eval and fmnist-predict read from their own configs (the rest comes from the checkpoint).
 INSPECT_RULES: tuple[Rule, ...] = (
@@ -146,10 +171,11 @@ INSPECT_RULES: tuple[Rule, ...] = (
     DEVICE,
     Rule("precision", lambda v: v is None or v in ("auto", "fp32", "bf16", "fp16"), "null, auto, fp32, bf16 or fp16"),
     Rule("out_dir", lambda v: v is None or isinstance(v, str), "a directory path"),
+    TRUST,
 )
 EVAL_RULES: tuple[Rule, ...] = INSPECT_RULES + (
     Rule("split", _one_of("test", "val", "train"), "test, val or train"),
-    Rule("batch_size", _OPTIONAL_INT, "null or an integer >= 1"),
+    Rule("batch_size", _OPTIONAL_INT, "null or an integer in [1, 2^31)"),
     Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
 )
 PREDICT_RULES: tuple[Rule, ...] = INSPECT_RULES + (
@@ -157,7 +183,7 @@ PREDICT_RULES: tuple[Rule, ...] = INSPECT_RULES + (
     Rule("image", lambda v: v is None or isinstance(v, str), "null or an image file"),
     Rule("invert", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
     Rule("seed", lambda v: v is None or _int_at_least(0)(v), "null or an integer >= 0"),
-    Rule("topk", _int_at_least(1), "an integer >= 1"),
+    Rule("topk", _int_at_least(1, MAX_WIDTH), "an integer >= 1"),
     Rule("format", _one_of("text", "json"), "text or json"),
 )
 

@@ -5,6 +5,10 @@ present are used as they are (a re-packed CIFAR-10 or MNIST copy has other check
 would refuse it or try to download), the data directory is only read (.gz archives are unpacked into
 the user cache), and a missing dataset says which files belong where. Checksums are still verified for
 anything that is downloaded.
+
+A data directory may come from anywhere, so its files are data, never code: CIFAR-10's pickled batches
+are read by an unpickler that builds only dicts, lists, strings, numbers and uint8 arrays, and every file
+is size-checked before it is read or inflated.
 """
 
 from __future__ import annotations
@@ -15,17 +19,18 @@ import hashlib
 import logging
 import os
 import pickle
-import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
 
-from fmnist.atomic import write_atomically
+from fmnist.atomic import ensure_dir, write_atomically
 from fmnist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,15 +41,74 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "fmnist"
 
 
-class LocalCIFAR10(CIFAR10):
-    """CIFAR-10 from the pickled batches found on disk, whatever their checksums.
+# The official files are 30 MB (a CIFAR-10 batch) and 47 MB (MNIST's training images, unpacked).
+MAX_DATA_FILE_BYTES = 512 << 20
+CIFAR_ROW = 3 * 32 * 32
 
-    Only a download (the official archive) is checked against the published md5.
-    """
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds what the official CIFAR-10 pickles hold and nothing else: any other class is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+
+
+def read_cifar_pickle(path: Path) -> dict[str, Any]:
+    """One CIFAR-10 batch or batches.meta as a dict with str keys, without running anything in the file."""
+    size = path.stat().st_size
+    if size > MAX_DATA_FILE_BYTES:
+        raise UserError(f"{path} is {size >> 20} MiB: not a CIFAR-10 batch (those are 30 MiB)")
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError) as exc:
+        raise UserError(f"{path} is not a CIFAR-10 batch: {_one_line(exc)}") from None
+    if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+        raise UserError(f"{path} is not a CIFAR-10 batch: not a dict of named fields")
+    return entry
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """(N, 3072) uint8 rows and N integer labels, checked against the official layout."""
+    entry = read_cifar_pickle(path)
+    data, labels = entry.get("data"), entry.get("labels", entry.get("fine_labels"))
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == CIFAR_ROW):
+        raise UserError(f"{path} is not a CIFAR-10 batch: 'data' is not an N x {CIFAR_ROW} uint8 array")
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(
+            isinstance(x, int) and not isinstance(x, bool) and -2**31 <= x < 2**31 for x in labels)):
+        raise UserError(f"{path} is not a CIFAR-10 batch: 'labels' is not {len(data)} integers")
+    return data, labels
+
+
+class LocalCIFAR10(CIFAR10):
+    """CIFAR-10 from the pickled batches found on disk, whatever their checksums, read without pickle's
+    ability to run code. Only a download (the official archive) is checked against the published md5."""
 
     train_list = [[name, None] for name, _ in CIFAR10.train_list]
     test_list = [[name, None] for name, _ in CIFAR10.test_list]
     meta = {**CIFAR10.meta, "md5": None}
+
+    def __init__(self, root: str | Path, train: bool = True, transform: Any = None, target_transform: Any = None,
+                 download: bool = False) -> None:
+        VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        if download:
+            self.download()
+        folder = Path(self.root) / self.base_folder
+        parts = [_cifar_batch(folder / name) for name, _ in (self.train_list if train else self.test_list)]
+        self.data = np.vstack([d for d, _ in parts]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self.targets = [label for _, labels in parts for label in labels]
+        names = read_cifar_pickle(folder / self.meta["filename"]).get(self.meta["key"])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{folder / self.meta['filename']} is not CIFAR-10's meta file: no list of label names")
+        self.classes = names
+        self.class_to_idx = {name: i for i, name in enumerate(names)}
 
 
 @dataclass(frozen=True)
@@ -112,11 +176,17 @@ def load_tensors(dataset: DictConfig, train: bool) -> tuple[torch.Tensor, torch.
             f"{SOURCES[dataset.name].title} images are {tuple(images.shape[1:])} {images.dtype}, "
             f"but the config expects {expected} uint8"
         )
-    if len(labels) != len(images) or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) <
-                                      dataset.num_classes):
-        raise UserError(f"{SOURCES[dataset.name].title} labels do not match its {len(images)} images "
-                        f"and {dataset.num_classes} classes")
+    check_labels(labels, len(images), dataset.num_classes, SOURCES[dataset.name].title)
     return images, labels
+
+
+def check_labels(labels: torch.Tensor, n_images: int, num_classes: int, title: str) -> None:
+    """One label per image, each a class index: found when the data is opened, not after training."""
+    if len(labels) != n_images:
+        raise UserError(f"{title} has {len(labels)} labels for {n_images} images")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise UserError(f"{title} has labels in [{int(labels.min())}, {int(labels.max())}], "
+                        f"but the config has {num_classes} classes (0..{num_classes - 1})")
 
 
 @functools.lru_cache(maxsize=2)
@@ -132,6 +202,8 @@ def _local_root(source: Source, root: Path) -> Path | None:
     """A root under which torchvision finds every file unpacked, or None if the files are not here."""
     folder = root / source.folder
     if all((folder / name).is_file() for name in source.files):
+        for name in source.files:
+            _check_size(folder / name)
         return root
     if source.cls is LocalCIFAR10 or not all(
         (folder / name).is_file() or (folder / f"{name}.gz").is_file() for name in source.files
@@ -141,34 +213,62 @@ def _local_root(source: Source, root: Path) -> Path | None:
     # read-only or shared, and root can write where it should not.
     digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
     target_root = cache_dir() / "unpacked" / digest
-    target = target_root / source.folder
-    target.mkdir(parents=True, exist_ok=True)
+    target = ensure_dir(target_root / source.folder)
     for name in source.files:
         _unpack(source, folder, target, name)
     return target_root
 
 
 def _unpack(source: Source, folder: Path, target: Path, name: str) -> None:
+    """Make target/name the unpacked content of folder/name(.gz), reusing the cache only for the same content.
+
+    The cache is keyed by the archive's size and digest (a sidecar file), never its modification time:
+    an older copy put back in place must not find the newer file's cache still "fresh".
+    """
     dst = target / name
     plain, packed = folder / name, folder / f"{name}.gz"
-    if dst.is_file() and (not packed.is_file() or dst.stat().st_mtime >= packed.stat().st_mtime):
-        return
-    # Parallel sweep jobs may unpack at once: each file appears whole, through write_atomically.
     if plain.is_file():  # already unpacked in the data directory: link, do not copy
-        write_atomically(dst, lambda tmp: tmp.symlink_to(plain.resolve()))
+        _check_size(plain)
+        if not (dst.is_symlink() and dst.resolve() == plain.resolve()):
+            write_atomically(dst, lambda tmp: tmp.symlink_to(plain.resolve()))
         return
-    digest = hashlib.md5(packed.read_bytes()).hexdigest()
+    _check_size(packed)
+    content = packed.read_bytes()
+    key = f"{len(content)} {hashlib.sha256(content).hexdigest()}\n"
+    stamp = target / f".{name}.source"
+    if dst.is_file() and not dst.is_symlink() and stamp.is_file() and stamp.read_text() == key:
+        return
+    digest = hashlib.md5(content).hexdigest()
     if digest != source.md5.get(packed.name):
         log.warning("%s: %s is not the official release (md5 %s); using it as it is", source.title, packed, digest)
 
     def gunzip(tmp: Path) -> None:
+        """Inflate with a bound: a few KB of gzip can claim gigabytes."""
+        written = 0
         with gzip.open(packed, "rb") as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
+            while chunk := _read_gzip(src, packed, source):
+                written += len(chunk)
+                if written > MAX_DATA_FILE_BYTES:
+                    raise UserError(f"{source.title}: {packed} inflates to more than {MAX_DATA_FILE_BYTES >> 20} "
+                                    f"MiB, far more than the dataset holds; refusing it")
+                out.write(chunk)
 
+    # Parallel sweep jobs may unpack at once: each file appears whole, through write_atomically.
+    write_atomically(dst, gunzip)
+    write_atomically(stamp, lambda tmp: tmp.write_text(key))
+
+
+def _read_gzip(src: gzip.GzipFile, packed: Path, source: Source) -> bytes:
     try:
-        write_atomically(dst, gunzip)
-    except (OSError, EOFError) as exc:
+        return src.read(1 << 20)
+    except (EOFError, OSError, zlib.error) as exc:
         raise UserError(f"{source.title}: could not unpack {packed}: {_one_line(exc)}") from None
+
+
+def _check_size(path: Path) -> None:
+    size = path.stat().st_size
+    if size > MAX_DATA_FILE_BYTES:
+        raise UserError(f"{path} is {size >> 20} MiB: larger than any file of this dataset, refusing to read it")
 
 
 def _download(source: Source, root: Path, allowed: bool) -> Path:

@@ -40,11 +40,12 @@ class EpochStats:
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / max(self.samples, 1)
+        """NaN for an epoch that trained on nothing (every batch skipped): never a made-up 0."""
+        return self.loss_sum / self.samples if self.samples else math.nan
 
     @property
     def accuracy(self) -> float:
-        return self.correct / max(self.samples, 1)
+        return self.correct / self.samples if self.samples else math.nan
 
     @property
     def samples_per_s(self) -> float:

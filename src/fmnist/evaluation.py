@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from fmnist.allowlist import check_trust
+from fmnist.atomic import ensure_dir, write_atomically
 from fmnist.build import build_loss
 from fmnist.config import EVAL_RULES, validate
 from fmnist.engine import evaluate
@@ -27,7 +29,7 @@ MISCLASSIFIED_SHOWN = 24
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate, print the table, write eval.json and the figures; returns what eval.json holds."""
     validate(cfg, EVAL_RULES)
-    r = restore(cfg.ckpt, cfg.dataset, cfg.device, cfg.precision)
+    r = restore(cfg.ckpt, cfg.dataset, cfg.device, cfg.precision, check_trust(cfg.trust))
     batch_size = cfg.batch_size or r.cfg.eval_batch_size
     batches = make_batches(r.cfg, cfg.split, r.device, batch_size=batch_size, training=False)
     result = evaluate(r.model, batches, build_loss(r.cfg).to(r.device), r.cfg.dataset.num_classes, device=r.device,
@@ -35,7 +37,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     report = class_report(result.confusion, r.class_names)
     recorded = (r.ckpt["metrics"].get("test") or {}).get("accuracy")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else r.path.parent / f"eval-{cfg.split}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     summary = {
         "checkpoint": str(r.path),
         "split": cfg.split,
@@ -45,7 +47,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         "confusion_matrix": result.confusion.tolist(),
         "recorded_test_accuracy": recorded,
     }
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = json.dumps(summary, indent=2) + "\n"
+    write_atomically(out_dir / "eval.json", lambda tmp: tmp.write_text(text))
 
     print(f"{r.title} | {r.path} | split {cfg.split} ({result.samples} images) on {r.device}")
     print(format_report(report, loss=result.loss))

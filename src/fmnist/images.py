@@ -10,6 +10,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist.errors import UserError
 
+# A photo from a phone is 12-50 Mpx; a header claiming more is a decompression bomb, refused before decoding.
+MAX_PIXELS = 64_000_000
+
 
 def load_image_file(path: str | Path, channels: int, size: int, invert: bool | str = "auto") -> torch.Tensor:
     """Read any PNG/JPEG into a uint8 tensor (channels, size, size).
@@ -22,10 +25,15 @@ def load_image_file(path: str | Path, channels: int, size: int, invert: bool | s
         raise UserError(f"image {path} does not exist")
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise UserError(f"{path} claims {w}x{h} pixels, more than {MAX_PIXELS:,}: refusing to decode it")
             img.load()
             img = ImageOps.exif_transpose(img)
-            img = img.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+            img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
+    except Image.DecompressionBombError:  # Pillow's own bound, checked when it opens the header
+        raise UserError(f"{path} claims more than {MAX_PIXELS:,} pixels: refusing to decode it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"{path} is not an image that can be read ({type(exc).__name__})") from None
     w, h = img.size
     scale = size / max(w, h)
@@ -41,6 +49,21 @@ def load_image_file(path: str | Path, channels: int, size: int, invert: bool | s
     top, left = (size - array.shape[0]) // 2, (size - array.shape[1]) // 2
     canvas[top:top + array.shape[0], left:left + array.shape[1]] = array
     return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float grayscale scaled to 0-255 (Pillow's convert would clip them to white)."""
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return img
+    array = np.asarray(img, dtype=np.float64)
+    peak = float(array.max(initial=0))
+    if img.mode == "F":
+        top = max(peak, 1.0)  # floats in [0, 1], or in whatever range the file uses
+    elif img.mode == "I" and peak <= 255:
+        top = 255.0  # 8-bit values stored as 32-bit integers
+    else:
+        top = 65535.0
+    return Image.fromarray(np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8))
 
 
 def _should_invert(array: np.ndarray, invert: bool | str) -> bool:

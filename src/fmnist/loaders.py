@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from fmnist.augment import Normalize, augment_batch, is_enabled, torchvision_transform
-from fmnist.datasets import load_tensors, open_dataset
+from fmnist.datasets import SOURCES, check_labels, load_tensors, open_dataset
 from fmnist.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -186,6 +186,7 @@ def make_batches(cfg: DictConfig, split: str, device: torch.device, *, batch_siz
                              shuffle=training, seed=cfg.seed, augment=augment)
     transform = torchvision_transform(augment, dataset.image_size, list(dataset.mean), list(dataset.std))
     ds = open_dataset(dataset, train=split != "test", transform=transform)
+    check_labels(torch.as_tensor(ds.targets), len(ds), dataset.num_classes, SOURCES[dataset.name].title)
     members = split_members(cfg, split, len(ds))
     if members is not None:
         ds = Subset(ds, members.tolist())

@@ -6,12 +6,15 @@ import contextlib
 import csv
 import io
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fmnist.atomic import write_atomically
+from fmnist.errors import UserError
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_s",
                   "warmup_s")
@@ -73,19 +76,32 @@ def write_history(out_dir: Path, history: list[dict[str, Any]], summary: dict[st
     writer.writeheader()
     writer.writerows({k: row.get(k) for k in HISTORY_FIELDS} for row in history)  # older runs lack warmup_s
     write_atomically(out_dir / "metrics.csv", lambda tmp: tmp.write_text(table.getvalue()))
-    text = json.dumps({**summary, "history": history}, indent=2) + "\n"
+    text = json.dumps({**summary, **written_by(), "history": history}, indent=2) + "\n"
     write_atomically(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
 
 
-def record_failure(out_dir: Path, error: str) -> None:
-    """Mark a run's metrics.json as failed with its reason, keeping whatever history it has."""
+def written_by() -> dict[str, Any]:
+    """Which process wrote a metrics.json, so a sweep summary can tell a crashed job from a running one."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def record_status(out_dir: Path, status: str, error: str | None = None) -> None:
+    """Set a run's metrics.json status ("running", "failed", "interrupted"), keeping whatever history it has.
+
+    "running" also records this process id, so a summary can tell a crashed run (its process gone) from a
+    live one. Best effort: an unwritable run directory is already what the error being recorded says.
+    """
     path = out_dir / "metrics.json"
     try:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         metrics = {}
-    metrics.update({"status": "failed", "error": error})
+    if not isinstance(metrics, dict):
+        metrics = {}
+    metrics.update({"status": status, **written_by()})
+    if error is not None:
+        metrics["error"] = error
     metrics.setdefault("history", [])
     text = json.dumps(metrics, indent=2) + "\n"
-    with contextlib.suppress(OSError):  # an unwritable run directory is already what the error says
+    with contextlib.suppress(UserError):
         write_atomically(path, lambda tmp: tmp.write_text(text))

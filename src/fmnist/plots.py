@@ -12,12 +12,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from fmnist.atomic import write_atomically  # noqa: E402
+
 GOOD, BAD, NEUTRAL = "#2a9d4b", "#d1352b", "#4c72b0"
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    """Write the figure whole or not at all (a full disk leaves the previous picture, and one line)."""
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -153,7 +158,7 @@ def plot_sweep(rows: list[dict[str, Any]], parameter: str | None, path: Path) ->
         epochs = [h["epoch"] for h in r["history"]]
         style = "x--" if r["status"] == "failed" else "o-"
         ax.plot(epochs, [100 * h["val_acc"] for h in r["history"]], style, ms=3,
-                label=f"#{r['job']} {r['overrides']}"[:60])
+                label=f"#{r['job']} {r['overrides']}"[:60].replace("$", r"\$"))  # text, never mathtext
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{len(rows)} jobs")
     ax.grid(alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from fmnist.allowlist import check_trust
+from fmnist.atomic import ensure_dir
 from fmnist.augment import Normalize
 from fmnist.config import PREDICT_RULES, validate
 from fmnist.engine import predict_probs
@@ -24,7 +27,7 @@ def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[st
     validate(cfg, PREDICT_RULES)
     if cfg.image is not None and cfg.index is not None:
         raise UserError("give either image=FILE or index=N, not both")
-    r = restore(cfg.ckpt, cfg.dataset, cfg.device, cfg.precision)
+    r = restore(cfg.ckpt, cfg.dataset, cfg.device, cfg.precision, check_trust(cfg.trust))
     ds = r.cfg.dataset
     result: dict[str, Any] = {"checkpoint": str(r.path)}
     if cfg.image is not None:
@@ -51,11 +54,22 @@ def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[st
                                                                                     strict=True)],
     })
     out_dir = Path(cfg.out_dir) if cfg.out_dir else (default_out_dir or r.path.parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     figure = plot_prediction(image, probs, names, predicted, true, out_dir / "prediction.png", caption=caption)
     result["figure"] = str(figure)
-    print(json.dumps(result) if cfg.format == "json" else _as_text(result))
+    print(json.dumps(_json_safe(result), allow_nan=False) if cfg.format == "json" else _as_text(result))
     return result
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and inf (a diverged model's probabilities) as null: JSON has no NaN, and parsers reject it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _pick_index(index: int | None, seed: int | None, n: int) -> int:

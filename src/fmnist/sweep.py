@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import math
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,29 +31,82 @@ COLUMNS = ("job", "status", "overrides", "best_val_acc", "test_acc", "epochs", "
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job directory under sweep_dir, best validation accuracy first, failures last."""
+    """One row per job directory under sweep_dir, best validation accuracy first, failures last.
+
+    A job's status is what its metrics.json says, except that a "running" job whose process is gone
+    crashed (killed, out of memory), and an unreadable metrics.json is reported as such.
+    """
     rows = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         job_dir = overrides_file.parent.parent
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
-        metrics_file = job_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        history = metrics.get("history", [])
-        status = metrics.get("status", "not started" if not metrics else "running")
+        overrides = _read_overrides(overrides_file)
+        metrics, problem = _read_metrics(job_dir / "metrics.json")
+        history = [r for r in metrics.get("history", []) if _is_epoch_row(r)] if not problem else []
+        status = "unreadable" if problem else metrics.get("status", "not started" if not metrics else "running")
+        error = problem or str(metrics.get("error", "") or "")
+        if status == "running" and not _alive(metrics.get("pid"), metrics.get("host")):
+            status, error = "crashed", error or "the job's process ended without recording a result"
+        best = metrics.get("best_val_acc") if history else None
+        test = metrics.get("test")
         rows.append({
             "job": job_dir.name,
-            "status": status,
+            "status": str(status),
             "overrides": " ".join(overrides),
-            "best_val_acc": metrics.get("best_val_acc") if history else None,
-            "test_acc": (metrics.get("test") or {}).get("accuracy"),
+            "best_val_acc": best if isinstance(best, int | float) else None,
+            "test_acc": _number(test.get("accuracy")) if isinstance(test, dict) else None,
             "epochs": len(history),
-            "seconds": metrics.get("seconds"),
-            "error": metrics.get("error", ""),
+            "seconds": _number(metrics.get("seconds")),
+            "error": error,
             "history": history,
             "params": dict(o.split("=", 1) for o in overrides if "=" in o),
         })
-    rows.sort(key=lambda r: (r["status"] == "failed", -(r["best_val_acc"] or -1.0), _job_number(r["job"])))
+    rows.sort(key=lambda r: (r["status"] in FAILED, -(r["best_val_acc"] or -1.0), _job_number(r["job"])))
     return rows
+
+
+FAILED = ("failed", "crashed", "interrupted", "unreadable")
+
+
+def _read_overrides(path: Path) -> list[str]:
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return ["(unreadable overrides.yaml)"]
+    return [str(o) for o in overrides] if isinstance(overrides, list) else ["(unreadable overrides.yaml)"]
+
+
+def _read_metrics(path: Path) -> tuple[dict[str, Any], str]:
+    """(metrics, problem): an absent file is no problem (the job has not started), a corrupt one is."""
+    if not path.is_file():
+        return {}, ""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, f"metrics.json is unreadable ({type(exc).__name__})"
+    if not isinstance(metrics, dict):
+        return {}, "metrics.json is not a JSON object"
+    return metrics, ""
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _is_epoch_row(row: Any) -> bool:
+    return isinstance(row, dict) and all(_number(row.get(k)) is not None for k in ("epoch", "val_acc"))
+
+
+def _alive(pid: Any, host: Any) -> bool:
+    """Whether the process that wrote a "running" status still exists (unknown, or another host's: assume so)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -67,8 +122,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     write_atomically(sweep_dir / "sweep_summary.csv", lambda tmp: tmp.write_text(table.getvalue()))
     write_atomically(sweep_dir / "sweep_summary.md", lambda tmp: tmp.write_text(_markdown(rows)))
     if rows:
-        write_atomically(sweep_dir / "sweep.png",
-                         lambda tmp: plot_sweep(rows, swept_numeric_parameter(rows), tmp))
+        plot_sweep(rows, swept_numeric_parameter(rows), sweep_dir / "sweep.png")
     return rows
 
 
@@ -130,13 +184,13 @@ class SummaryCallback(Callback):
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
-        failed = [r for r in rows if r["status"] == "failed"]
+        failed = [r for r in rows if r["status"] in FAILED]
         log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "sweep_summary.md", len(rows), len(failed))
         for r in rows[:5]:
-            if r["status"] != "failed":
+            if r["status"] not in FAILED:
                 log.info("  job %s  val %s  test %s  %s", r["job"], _pct(r["best_val_acc"]), _pct(r["test_acc"]),
                          r["overrides"])
         for r in failed:
-            log.info("  job %s FAILED: %s  (%s)", r["job"], r["error"], r["overrides"])
+            log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], r["overrides"])
         if failed:
             sys.exit(1)

@@ -19,22 +19,25 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.build import build_scheduler, build_training
+from fmnist.allowlist import check_trust
+from fmnist.build import build_scheduler, build_training, check_weights_fit
 from fmnist.checkpoint import load_checkpoint, save_checkpoint
 from fmnist.config import validate
 from fmnist.engine import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_one_epoch
 from fmnist.errors import UserError
 from fmnist.interrupt import Interrupted, StopRequest
 from fmnist.loaders import make_batches
-from fmnist.metrics import class_report, write_history
+from fmnist.metrics import class_report, record_status, write_history
 from fmnist.plots import plot_confusion, plot_curves
+from fmnist.restore import stored_config
+from fmnist.rundir import claim, existing_run
 from fmnist.runtime import resolve_device, resolve_precision, seed_everything, show_progress
 
 log = logging.getLogger("fmnist")
 
 # Keys a resumed run may change; everything else comes from the checkpoint, so the run stays the same run.
 RESUMABLE_OVERRIDES = ("epochs", "device", "progress", "num_workers", "threads", "checkpoint_every_steps",
-                       "on_nan", "dataset.root", "dataset.download")
+                       "on_nan", "skip_batch_limit", "dataset.root", "dataset.download")
 
 
 @dataclass
@@ -47,16 +50,41 @@ class RunResult:
 
 
 def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None) -> RunResult:
-    """Train cfg's model on cfg's dataset (or continue `cfg.resume`) and write every artifact into out_dir."""
-    validate(cfg)
+    """Train cfg's model on cfg's dataset (or continue `cfg.resume`) and write every artifact into out_dir.
+
+    The run directory is claimed first (one process at a time, never over another run unless resuming);
+    from then on any failure is recorded in its metrics.json before it propagates.
+    """
+    try:
+        validate(cfg)
+        trusted = check_trust(cfg.get("trust") or [])
+        resume_from = _resume_source(cfg, out_dir)
+    except UserError as exc:
+        if not existing_run(out_dir):  # a fresh directory: say there why this run never started
+            record_status(out_dir, "failed", str(exc))
+        raise
+    if resume_from is not None:
+        out_dir = resume_from.parent
+    with claim(out_dir, resuming=bool(cfg.get("resume"))):
+        try:
+            return _train(cfg, out_dir, choices, resume_from, trusted)
+        except Interrupted as exc:
+            record_status(out_dir, "interrupted", str(exc))
+            raise
+        except UserError as exc:
+            record_status(out_dir, "failed", str(exc))
+            raise
+
+
+def _train(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None, resume_from: Path | None,
+           trusted: frozenset[str]) -> RunResult:
     started = time.perf_counter()
-    resume_from = _resume_source(cfg, out_dir)
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed is not None:
-        out_dir = resume_from.parent
-        cfg = _resumed_config(resumed, cfg)
+        cfg = _resumed_config(resumed, resume_from, cfg, trusted)
         choices = resumed.get("choices", choices)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        record_status(out_dir, "running")
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
     progress = show_progress(cfg.progress)
@@ -67,6 +95,8 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
 
     train_batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
     val_batches = make_batches(cfg, "val", device, batch_size=cfg.eval_batch_size, training=False)
+    # Opened now, so a missing or corrupt test file is found before training, not after it.
+    test_batches = make_batches(cfg, "test", device, batch_size=cfg.eval_batch_size, training=False)
     # compile=torch compiles the module the loop calls (net); checkpoints keep saving the plain model's weights.
     parts = build_training(cfg, train_batches, device, dtype)
     model, net, loss_fn, optimizer, runner = parts.model, parts.net, parts.loss_fn, parts.optimizer, parts.runner
@@ -80,19 +110,26 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
     partial: EpochStats | None = None
     epoch_lr: float | None = None
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if scheduler is not None and resumed.get("scheduler"):
-            scheduler.load_state_dict(resumed["scheduler"])
-        if scaler is not None and resumed.get("scaler"):
-            scaler.load_state_dict(resumed["scaler"])
-        history = list(resumed["metrics"]["history"])
-        best_epoch, best_val_acc = resumed["metrics"]["best_epoch"], resumed["metrics"]["best_val_acc"]
-        done_epochs = resumed["epoch"]
-        if resumed.get("partial"):
-            partial = EpochStats(**resumed["partial"]["stats"])
-            epoch_lr = resumed["partial"]["lr"]
-        _set_rng_state(resumed["rng"])
+        try:  # the file's state, checked by use: any part that does not fit is a one-line refusal
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            if scheduler is not None and resumed.get("scheduler"):
+                scheduler.load_state_dict(resumed["scheduler"])
+            if scaler is not None and resumed.get("scaler"):
+                scaler.load_state_dict(resumed["scaler"])
+            history = list(resumed["metrics"]["history"])
+            best_epoch, best_val_acc = resumed["metrics"]["best_epoch"], resumed["metrics"]["best_val_acc"]
+            done_epochs = resumed["epoch"]
+            for row in history:
+                [float(row[k]) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")]
+            if resumed.get("partial"):
+                partial = EpochStats(**resumed["partial"]["stats"])
+                epoch_lr = float(resumed["partial"]["lr"])
+                train_batches.set_rng_state(resumed["partial"]["data_rng"])  # checked now, set again below
+            _set_rng_state(resumed["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise UserError(f"cannot resume from {resume_from}: its training state does not fit this run "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
         log.info("resuming %s: %d epochs done%s", resume_from, done_epochs,
                  f", epoch {done_epochs + 1} at step {partial.steps}" if partial else "")
 
@@ -150,10 +187,8 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
                                         warmup_steps=warmup_steps)
                 warmup_steps = 0
             except NonFiniteLoss as exc:
-                last = out_dir / "last.pt"
-                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                raise UserError(f"epoch {epoch}: {exc}; {kept}. Try a lower optimizer.lr, or on_nan=skip_batch") \
-                    from None
+                raise UserError(f"epoch {epoch}: {exc}; {_kept(out_dir)}. Try a lower optimizer.lr, or "
+                                f"on_nan=skip_batch") from None
             partial, epoch_lr = None, None
             if not train.completed:
                 save_checkpoint(payload(epoch - 1, train, lr, "interrupted"), out_dir / "last.pt")
@@ -161,6 +196,11 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
             if train.skipped:
                 log.warning("epoch %d: skipped %d batches with a NaN/inf loss (on_nan=skip_batch)", epoch,
                             train.skipped)
+                limit = cfg.get("skip_batch_limit", 0.25)
+                if train.samples == 0 or train.skipped > limit * train.steps:
+                    raise UserError(f"epoch {epoch}: the training loss was NaN/inf in {train.skipped} of "
+                                    f"{train.steps} batches (more than skip_batch_limit={limit}); "
+                                    f"{_kept(out_dir)}. Try a lower optimizer.lr")
             if scheduler is not None and interval == "epoch":
                 scheduler.step()
             val = evaluate(net, val_batches, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
@@ -198,19 +238,19 @@ def run_training(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None 
 
     best = load_checkpoint(out_dir / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
-    test_batches = make_batches(cfg, "test", device, batch_size=cfg.eval_batch_size, training=False)
     result = evaluate(model, test_batches, loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
                       progress=progress, desc="test")
     test = test_summary(result, class_names, best_epoch)
+    # Figures first, "completed" last: a run whose artifacts were not all written never claims to be done.
+    title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
+    plot_curves(history, out_dir / "curves.png", title=title)
+    plot_confusion(result.confusion, class_names, out_dir / "confusion_matrix.png",
+                   title=f"{title}: test accuracy {result.accuracy:.2%}")
     best["metrics"].update(test=test, status="completed")
     save_checkpoint(best, out_dir / "best.pt")
     summary = {"best_epoch": best_epoch, "best_val_acc": best_val_acc, "test": test, "status": "completed",
                "seconds": time.perf_counter() - started}
     write_history(out_dir, history, summary)
-    title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
-    plot_curves(history, out_dir / "curves.png", title=title)
-    plot_confusion(result.confusion, class_names, out_dir / "confusion_matrix.png",
-                   title=f"{title}: test accuracy {result.accuracy:.2%}")
     return RunResult(out_dir, best_epoch, best_val_acc, test, summary["seconds"])
 
 
@@ -242,17 +282,20 @@ def _resume_source(cfg: DictConfig, out_dir: Path) -> Path | None:
     return path
 
 
-def _resumed_config(ckpt: dict[str, Any], current: DictConfig) -> DictConfig:
-    """The checkpoint's own config, with only the keys a resumed run may change taken from `current`."""
-    cfg = OmegaConf.create(ckpt["config"])
-    for key in RESUMABLE_OVERRIDES:
-        value = OmegaConf.select(current, key, default=None)
-        if value is not None:
-            OmegaConf.update(cfg, key, value, force_add=True)
-    validate(cfg)
+def _resumed_config(ckpt: dict[str, Any], path: Path, current: DictConfig, trusted: frozenset[str]) -> DictConfig:
+    """The checkpoint's own config (allowlisted), with only the keys a resumed run may change taken from
+    `current`; the data directory is always the current one, never the file's."""
+    overrides = {key: OmegaConf.select(current, key, default=None) for key in RESUMABLE_OVERRIDES}
+    cfg = stored_config(ckpt, path, trusted, overrides)
     if cfg.epochs < ckpt["epoch"]:
         raise UserError(f"epochs={cfg.epochs} is fewer than the {ckpt['epoch']} epochs the checkpoint has done")
+    check_weights_fit(cfg, ckpt["model"], str(path))
     return cfg
+
+
+def _kept(out_dir: Path) -> str:
+    last = out_dir / "last.pt"
+    return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
 
 
 def _interrupted(stop: StopRequest, out_dir: Path, where: str) -> Interrupted:

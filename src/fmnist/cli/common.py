@@ -1,31 +1,134 @@
-"""What every entry point shares: user errors as one line with exit code 2."""
+"""What every entry point shares: a Hydra app whose every user mistake is one line with exit code 2.
+
+Hydra reports its own errors (an unknown group option, a mistyped key, an unparsable override, a run
+directory it cannot create) as ten lines and exit code 1. The entry points ask Hydra to raise them instead
+(HYDRA_FULL_ERROR) and word them here, with the valid choices and the closest match.
+"""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
 
+import hydra
+import yaml
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+)
+
+from fmnist.config import CONFIG_DIR
 from fmnist.errors import UserError
 
 T = TypeVar("T")
 
 
-def report_user_errors(prog: str, body: Callable[[], T], on_error: Callable[[str], None] | None = None) -> T:
-    """Run body; a UserError becomes `prog: error: ...` on stderr and exit code 2 (no traceback).
-
-    on_error, if given, sees the message first (training records it in the run's metrics.json).
-    """
+def report_user_errors(prog: str, body: Callable[[], T]) -> T:
+    """Run body; a UserError becomes `prog: error: ...` on stderr and its exit code (2; 128+N for a signal)."""
     try:
         return body()
     except UserError as exc:
-        if on_error is not None:
-            on_error(str(exc))
-        logging.shutdown()
-        code = getattr(exc, "exit_code", 2)
-        print(f"{prog}: {'error: ' if code == 2 else ''}{exc}", file=sys.stderr)
-        sys.exit(code)
+        fail(prog, str(exc), getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def fail(prog: str, message: str, code: int = 2) -> Any:
+    logging.shutdown()
+    print(f"{prog}: {'error: ' if code == 2 else ''}{' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def hydra_app(prog: str, config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
+    """Decorator: the console-script `main()` of a Hydra task function, with Hydra's errors in one line."""
+
+    def wrap(task: Callable[[Any], Any]) -> Callable[[], None]:
+        app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
+
+        def main() -> None:
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # raise composition errors to us instead of printing them
+            try:
+                app()
+            except MissingConfigException as exc:
+                fail(prog, _missing_option(exc))
+            except ConfigCompositionException as exc:
+                fail(prog, _composition(exc, config_name))
+            except OverrideParseException as exc:
+                fail(prog, f"cannot parse the overrides ({str(exc).splitlines()[0]}); write them as key=value")
+            except HydraException as exc:
+                fail(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            except OSError as exc:  # e.g. a hydra.run.dir that cannot be created
+                where = f"{exc.filename}: " if exc.filename else ""
+                fail(prog, f"{where}{exc.strerror or exc}")
+
+        main.__doc__ = task.__doc__
+        return main
+
+    return wrap
+
+
+def _missing_option(exc: MissingConfigException) -> str:
+    """model=resnet -> 'model=resnet is not an option: choose one of ... (did you mean ...?)'."""
+    found = re.search(r"Could not find '([^']+)'", str(exc))
+    wanted = found.group(1) if found else (exc.missing_cfg_file or "?")
+    group, _, option = wanted.rpartition("/")
+    options = sorted(exc.options or [])
+    if not options or not group:
+        return str(exc).splitlines()[0]
+    return f"{group}={option} is not an option: choose one of {', '.join(options)}{_closest(option, options)}"
+
+
+def _composition(exc: ConfigCompositionException, config_name: str) -> str:
+    """modle=cnn -> 'modle is not a config key (did you mean model?) ...'."""
+    text = str(exc)
+    found = re.search(r"Could not override '([^']+)'", text) or re.search(r"Could not append to config. An item is "
+                                                                         r"already at '([^']+)'", text)
+    if found and "Could not override" in text:
+        key = found.group(1)
+        if key in _known_keys(config_name):  # e.g. optimizer.nesterov with optimizer=rmsprop
+            group = key.split(".")[0]
+            return (f"{key} is not a setting of the {group} chosen (only of other {group} options): drop it, "
+                    f"or choose an option that has it")
+        hint = _closest(key, _known_keys(config_name))
+        return f"{key} is not a config key{hint}; to add a new key on purpose, write +{key}=VALUE"
+    return " ".join(text.split())
+
+
+def _closest(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+@cache
+def _known_keys(config_name: str) -> list[str]:
+    """Dotted keys of the primary config and of every option of every config group (for suggestions)."""
+    root = Path(CONFIG_DIR)
+    keys: set[str] = set()
+    primary = yaml.safe_load((root / f"{config_name}.yaml").read_text()) or {}
+    keys.update(_flatten(primary, ""))
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.name != "hydra":
+            keys.add(folder.name)
+            for option in folder.glob("*.yaml"):
+                keys.update(_flatten(yaml.safe_load(option.read_text()) or {}, folder.name))
+    return sorted(k for k in keys if not k.startswith(("hydra", "defaults")))
+
+
+def _flatten(node: Any, prefix: str) -> set[str]:
+    out: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out.add(path)
+            out |= _flatten(value, path)
+    return out

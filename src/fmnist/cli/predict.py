@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmnist.cli.common import report_user_errors
-from fmnist.config import CONFIG_DIR
+from fmnist.cli.common import hydra_app, report_user_errors
 from fmnist.prediction import run_predict
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra_app("fmnist-predict", "predict")
 def main(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     # In a sweep each job writes its picture into its own job directory instead of one shared file.
