@@ -12,18 +12,16 @@ trust comes from the person running the command, never from the file.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
 
-from fmnist.config import config_dir
+from fmnist.config import DOTTED_NAME, config_dir
 from fmnist.errors import UserError
 
 BUILT_GROUPS = ("model", "loss", "optimizer", "scheduler")
 HYDRA_KEYS = {"_target_", "_partial_"}
-_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 # Plain data only: bounds on what a stored config may hold before anything walks it further.
 MAX_DEPTH = 8
 MAX_NODES = 10_000
@@ -58,7 +56,7 @@ def _resolve_defaults(folder: Any, path: Any) -> dict[str, Any]:
 def check_trust(trust: Iterable[Any]) -> frozenset[str]:
     """The user's `trust=[...]`: dotted names of classes they vouch for."""
     names = list(trust)
-    bad = [n for n in names if not (isinstance(n, str) and _DOTTED_NAME.fullmatch(n))]
+    bad = [n for n in names if not (isinstance(n, str) and DOTTED_NAME.fullmatch(n))]
     if bad:
         raise UserError(f"trust={names!r} is not valid: expected a list of dotted class names, e.g. [mypkg.Net]")
     return frozenset(names)

@@ -86,9 +86,11 @@ def _class_names(v: Any) -> bool:
         isinstance(x, str) and 0 < len(x) <= 64 and x.isprintable() and "$" not in x for x in v)
 
 
+DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)  # a class path, as trust= names it
+
+
 def _dotted_names(v: Any) -> bool:
-    return isinstance(v, list) and all(
-        isinstance(x, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", x) is not None for x in v)
+    return isinstance(v, list) and all(isinstance(x, str) and DOTTED_NAME.fullmatch(x) is not None for x in v)
 
 
 def _is_bool(v: Any) -> bool:
