@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput of fmnist's engine against the tutorial loop, side by side in one run.
 
-    python scripts/bench.py --root ../shared/data                 # every pair, CPU (and CUDA if present)
+    python scripts/bench.py --root DATA                           # every pair, CPU (and CUDA if present)
     python scripts/bench.py --root DATA --device cuda --pairs cnn:fashion,mlp:fashion
 
 Rows, for each model:dataset pair and device:
@@ -21,46 +21,61 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from fmnist.augment import Normalize
-from fmnist.build import build_loss, build_model, build_training
-from fmnist.config import CONFIG_DIR
-from fmnist.datasets import open_dataset
-from fmnist.engine import evaluate, train_one_epoch
-from fmnist.loaders import TensorBatches, load_split, make_batches
+from fmnist.config import CONFIG_DIR, TrainConfig, train_config
+from fmnist.data.batches import Batches, TensorBatches, load_split, make_batches
+from fmnist.data.sources import open_dataset
+from fmnist.data.transforms import Normalize
 from fmnist.runtime import resolve_precision, synchronize
+from fmnist.train.loop import EpochStats, evaluate, train_epochs
+from fmnist.train.setup import Training, build_loss, build_model, build_training
+from fmnist.train.step import make_step
 
 PAIRS = ("cnn:fashion", "mlp:fashion", "bn_cnn:mnist", "feedforward:cifar10")
 TARGETS = {"cnn:fashion": 0.91, "bn_cnn:mnist": 0.97, "mlp:fashion": 0.86}
 
 
-def config(model: str, dataset: str, root: str, device: str, **extra: object) -> DictConfig:
+def config(model: str, dataset: str, root: str, device: str, **extra: object) -> TrainConfig:
     overrides = [f"model={model}", f"dataset={dataset}", f"dataset.root={root}", f"device={device}",
                  "progress=false", *(f"{k}={v}" for k, v in extra.items())]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return train_config(compose(config_name="train", overrides=overrides))
 
 
-def tutorial_loop(cfg: DictConfig, device: torch.device, samples: int, epochs: int = 1
+def batches(cfg: TrainConfig, split: str, device: torch.device, training: bool) -> Batches:
+    return make_batches(cfg.dataset, split, device, batch_size=cfg.batch_size if training else cfg.eval_batch_size,
+                        seed=cfg.seed, training=training, loader=cfg.loader, num_workers=cfg.num_workers)
+
+
+def engine_epochs(cfg: TrainConfig, train: Batches, device: torch.device, epochs: int
+                  ) -> tuple[Training, Iterator[EpochStats]]:
+    """fmnist's own setup and epoch loop, as fmnist-train runs them: (the Training, an iterator of epochs)."""
+    dtype = resolve_precision(cfg.precision, device)
+    t = build_training(cfg, device, dtype, len(train))
+    runner = make_step(cfg.compile, t, train, device=device, dtype=dtype)
+    return t, train_epochs(runner, train, 1, epochs)
+
+
+def tutorial_loop(cfg: TrainConfig, device: torch.device, samples: int, epochs: int = 1
                   ) -> tuple[float, torch.nn.Module]:
     """The reference: what the tutorials do. Returns (samples/s after a 5-batch warm-up, the model)."""
     mean, std = list(cfg.dataset.mean), list(cfg.dataset.std)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-    ds = open_dataset(cfg.dataset, train=True, transform=tf)
+    ds = open_dataset(cfg.dataset.name, cfg.dataset.root, False, train=True, transform=tf)
     ds = Subset(ds, range(min(samples, len(ds))))
     loader = DataLoader(ds, batch_size=64, shuffle=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     loss_fn = build_loss(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer["lr"])
     model.train()
     running, seen, start = 0.0, 0, None
     for _ in range(epochs):
@@ -83,7 +98,7 @@ def accuracy_check(root: str, device: torch.device, epochs: int) -> list[dict[st
     """Test accuracy after the same epochs at batch 64: tutorial loop vs the engine's two data paths."""
     rows = []
     cfg = config("mlp", "fashion", root, device.type)
-    test = make_batches(cfg, "test", device, batch_size=1000, training=False)
+    test = batches(cfg, "test", device, training=False)
     _, model = tutorial_loop(cfg, device, 60000, epochs)
     acc = evaluate(model, test, build_loss(cfg), 10, device=device, dtype=torch.float32).accuracy
     rows.append({"loop": "tutorial (all 60k training images)", "accuracy": acc})
@@ -94,21 +109,15 @@ def accuracy_check(root: str, device: torch.device, epochs: int) -> list[dict[st
     return rows
 
 
-def engine_throughput(cfg: DictConfig, device: torch.device, samples: int) -> tuple[float, float]:
-    """fmnist's engine on the first `samples` training images: (samples/s, one-time warm-up seconds)."""
-    images, labels = load_split(cfg, "train")
-    batches = TensorBatches(images[:samples].to(device), labels[:samples].to(device), cfg.batch_size,
-                            Normalize(list(cfg.dataset.mean), list(cfg.dataset.std), device), shuffle=True,
-                            seed=cfg.seed)
-    dtype = resolve_precision(cfg.precision, device)
-    t = build_training(cfg, batches, device, dtype)
-    start = time.perf_counter()
-    train_one_epoch(t.net, batches, t.loss_fn, t.optimizer, device=device, dtype=dtype, runner=t.runner)  # warm-up
-    synchronize(device)
-    warmup = time.perf_counter() - start
-    batches.set_epoch(2)
-    stats = train_one_epoch(t.net, batches, t.loss_fn, t.optimizer, device=device, dtype=dtype, runner=t.runner)
-    return stats.samples_per_s, warmup
+def engine_throughput(cfg: TrainConfig, device: torch.device, samples: int) -> tuple[float, float]:
+    """fmnist's engine on the first `samples` training images: (samples/s of the second epoch, the first
+    epoch's seconds, which include any one-time compilation or capture)."""
+    images, labels = load_split(cfg.dataset, "train", cfg.seed)
+    train = TensorBatches(images[:samples].to(device), labels[:samples].to(device), cfg.batch_size,
+                          Normalize(cfg.dataset.mean, cfg.dataset.std, device), shuffle=True, seed=cfg.seed)
+    _, epochs = engine_epochs(cfg, train, device, 2)
+    first, second = list(epochs)
+    return second.samples_per_s, first.seconds
 
 
 def variants(device: torch.device) -> list[tuple[str, int, str]]:
@@ -162,27 +171,21 @@ def throughput_rows(pair: str, root: str, device: torch.device, samples: int, re
     return rows
 
 
-def train_and_test(cfg: DictConfig, device: torch.device, max_epochs: int, target: float | None = None
+def train_and_test(cfg: TrainConfig, device: torch.device, max_epochs: int, target: float | None = None
                    ) -> tuple[float, int, float]:
     """Train with the engine, testing after every epoch, until `target` test accuracy (if given) or
     max_epochs: (training seconds with evaluation excluded, epochs, last test accuracy). The seconds are
     NaN when a target was given and not reached."""
     torch.manual_seed(cfg.seed)
-    train = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
-    test = make_batches(cfg, "test", device, batch_size=cfg.eval_batch_size, training=False)
+    train, test = batches(cfg, "train", device, training=True), batches(cfg, "test", device, training=False)
+    t, epochs = engine_epochs(cfg, train, device, max_epochs)
     dtype = resolve_precision(cfg.precision, device)
-    t = build_training(cfg, train, device, dtype)
     spent, acc = 0.0, 0.0
-    for epoch in range(1, max_epochs + 1):
-        train.set_epoch(epoch)
-        synchronize(device)
-        start = time.perf_counter()
-        train_one_epoch(t.net, train, t.loss_fn, t.optimizer, device=device, dtype=dtype, runner=t.runner)
-        synchronize(device)
-        spent += time.perf_counter() - start
+    for stats in epochs:
+        spent += stats.seconds
         acc = evaluate(t.net, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype).accuracy
         if target is not None and acc >= target:
-            return spent, epoch, acc
+            return spent, stats.epoch, acc
     return (float("nan") if target is not None else spent), max_epochs, acc
 
 

@@ -1,12 +1,12 @@
 #!/bin/bash
-# The GPU checks of issue #5 in one command, for a machine with a GPU and no network (the lent device):
-# the CUDA tests (tests/test_cuda.py), then the benchmark on CUDA. Prints both; writes logs into OUT.
+# The GPU checks in one command, for a machine with a GPU and no network: the CUDA tests
+# (tests/test_cuda.py), then the benchmark on CUDA. Prints both; writes logs into OUT.
 #
 #   scripts/device_check.sh DATA_ROOT [OUT] [bench.py options...]
 #
-# Python packages it lacks travel as wheels in .whl/ (installed here with --target, no network): Hydra's
-# three from ../shared/device-wheels and fmnist's own (`pip wheel --no-deps -w .whl .`). The steps that
-# get the data there are in docs/benchmarks.md.
+# Python packages the machine lacks can travel as wheels in .whl/ (installed here with --target, no
+# network): Hydra's and fmnist's own (`pip wheel --no-deps -w .whl .`). docs/benchmarks.md says where this
+# repository's benchmark data and wheels come from.
 set -euo pipefail
 root=${1:?usage: scripts/device_check.sh DATA_ROOT [OUT] [bench.py options...]}
 out=${2:-.}

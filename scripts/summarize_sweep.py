@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fmnist.sweep import write_summary
+from fmnist.artifacts.sweep import write_summary
 
 
 def main() -> int:

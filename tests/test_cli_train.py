@@ -8,20 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, cli
-from PIL import Image
+from helpers import FAST, assert_real_png, cli, one_line_error
 
-from fmnist.checkpoint import load_checkpoint
+from fmnist.artifacts.checkpoint import load_checkpoint
 
 ARTIFACTS = ("best.pt", "last.pt", "metrics.csv", "metrics.json", "curves.png", "confusion_matrix.png",
              ".hydra/config.yaml", "train.log")
-
-
-def assert_real_png(path: Path, min_size: int = 200) -> None:
-    with Image.open(path) as img:
-        assert img.format == "PNG" and min(img.size) >= min_size
-        extrema = img.convert("L").getextrema()
-        assert extrema[0] < extrema[1], f"{path} is a blank image"
 
 
 def test_train_writes_every_artifact(trained_run: Path):
@@ -75,16 +67,6 @@ def test_same_seed_same_metrics(tmp_path: Path):
 def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...]):
     cli("fmnist-train", *extra, *FAST, "hydra.run.dir=r", cwd=tmp_path)
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["samples"] == 100
-
-
-def one_line_error(proc, code: int = 2) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    errors = [line for line in proc.stderr.splitlines() if line.startswith(("fmnist-train: error:",
-                                                                           "fmnist-eval: error:",
-                                                                           "fmnist-predict: error:"))]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
 
 
 @pytest.mark.parametrize(("override", "expected"), [

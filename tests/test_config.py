@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose
+from helpers import compose
 
 from fmnist.config import validate
 from fmnist.errors import UserError
@@ -58,15 +58,39 @@ def test_cudagraph_rules():
         validate(compose("compile=cudagraph", "scheduler=cosine"))
     with pytest.raises(UserError, match="fp16"):
         validate(compose("compile=cudagraph", "precision=fp16"))
+    with pytest.raises(UserError, match="needs data.loader=tensor"):
+        validate(compose("compile=cudagraph", "data.loader=torchvision"))
+    with pytest.raises(UserError, match="needs a CUDA device, not device=cpu"):
+        validate(compose("compile=cudagraph", "device=cpu"))
 
 
-def test_cudagraph_needs_cuda():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    from fmnist.engine import make_step_runner
+def test_every_combination_rule_of_eval_and_predict_lives_in_config():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
-    with pytest.raises(UserError, match="needs a CUDA device"):
-        make_step_runner("cudagraph", None, None, None, None, device=torch.device("cpu"), dtype=torch.float32)
+    from fmnist.config import CONFIG_DIR, eval_config, predict_config
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        both = hydra_compose(config_name="predict", overrides=["image=x.png", "index=3"])
+        foreign = hydra_compose(config_name="eval", overrides=["+dataset.name=mnist"])
+        fine = hydra_compose(config_name="eval", overrides=["split=val", "dataset.root=/data"])
+    with pytest.raises(UserError, match="either image=FILE or index=N, not both"):
+        predict_config(both)
+    with pytest.raises(UserError, match=r"dataset.name cannot be changed at eval time \(only dataset.root, "):
+        eval_config(foreign)
+    settings = eval_config(fine)
+    assert (settings.split, settings.data_root, settings.data_download, settings.trust) == ("val", "/data", None,
+                                                                                           frozenset())
+
+
+def test_typed_settings_carry_every_validated_value():
+    from fmnist.config import Augment, train_config
+
+    cfg = train_config(compose("dataset=cifar10", "dataset.augment.hflip=true", "trust=[a.B]", "threads=3"))
+    assert cfg.dataset.augment == Augment(crop_padding=0, hflip=True, rotation=0.0) and cfg.dataset.augment.enabled
+    assert cfg.dataset.num_classes == 10 and cfg.dataset.mean == (0.4914, 0.4822, 0.4465)
+    assert (cfg.trust, cfg.threads, cfg.loader, cfg.resume) == (frozenset({"a.B"}), 3, "tensor", None)
+    assert cfg.model["_target_"] == "fmnist.models.CNN" and cfg.resolved["dataset"]["name"] == "cifar10"
 
 
 # Every key of the validation table with bad values of each kind: wrong type, out of range, NaN/inf, huge.

@@ -1,4 +1,4 @@
-"""The CUDA paths: run where a GPU is present (the lent device machine), skipped everywhere else.
+"""The CUDA paths: run where a GPU is present, skipped everywhere else.
 
     python -m pytest -q tests/test_cuda.py        # on a machine with a GPU
 
@@ -14,45 +14,43 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, cli, compose
+from helpers import FAST, cli, settings
 
-from fmnist.build import build_training
-from fmnist.engine import train_one_epoch
-from fmnist.loaders import make_batches
+from fmnist.data.batches import make_batches
+from fmnist.runtime import resolve_precision
+from fmnist.train.loop import train_epochs
+from fmnist.train.setup import build_training
+from fmnist.train.step import make_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def train_epochs(compile_mode: str, epochs: int, *overrides: str) -> tuple[torch.nn.Module, list[float]]:
+def train(compile_mode: str, epochs: int, *overrides: str) -> tuple[torch.nn.Module, list[float]]:
     """A small mlp trained eagerly or through the captured step: (model, per-epoch mean loss)."""
-    cfg = compose("model=mlp", "dataset=mnist", "batch_size=32", "precision=fp32", "model.dropout=0",
-                  f"compile={compile_mode}", *overrides)
+    cfg = settings("model=mlp", "dataset=mnist", "batch_size=32", "precision=fp32", "model.dropout=0",
+                   f"compile={compile_mode}", *overrides)
     device = torch.device("cuda")
     torch.manual_seed(0)
-    batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
-    t = build_training(cfg, batches, device, torch.float32)
-    losses = []
-    for epoch in range(1, epochs + 1):
-        batches.set_epoch(epoch)
-        stats = train_one_epoch(t.net, batches, t.loss_fn, t.optimizer, device=device, dtype=torch.float32,
-                                runner=t.runner)
-        assert stats.samples == batches.num_samples
-        losses.append(stats.loss)
-    return t.model, losses
+    batches = make_batches(cfg.dataset, "train", device, batch_size=cfg.batch_size, seed=cfg.seed, training=True)
+    t = build_training(cfg, device, torch.float32, len(batches))
+    runner = make_step(cfg.compile, t, batches, device=device, dtype=torch.float32)
+    stats = list(train_epochs(runner, batches, 1, epochs))
+    assert all(s.samples == batches.num_samples for s in stats)
+    return t.model, [s.loss for s in stats]
 
 
 def test_cudagraph_step_trains_like_the_eager_loop():
     """Same seed, same batches, no randomness inside the step: the replayed graph reaches the same weights
     (capture after warm-up, the eager last partial batch and the running sums included)."""
-    eager, eager_losses = train_epochs("none", 3)
-    graphed, graphed_losses = train_epochs("cudagraph", 3)
+    eager, eager_losses = train("none", 3)
+    graphed, graphed_losses = train("cudagraph", 3)
     assert graphed_losses == pytest.approx(eager_losses, rel=1e-4)
     for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
 
 
 def test_cudagraph_with_augmentation_and_dropout_learns():
-    _, losses = train_epochs("cudagraph", 3, "model.dropout=0.2", "dataset.augment.crop_padding=2",
+    _, losses = train("cudagraph", 3, "model.dropout=0.2", "dataset.augment.crop_padding=2",
                              "dataset.augment.hflip=true", "dataset.augment.rotation=10")
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
@@ -68,7 +66,5 @@ def test_cli_trains_on_cuda_and_the_cpu_reads_the_checkpoint(tmp_path: Path, ext
 
 
 def test_bf16_is_the_cuda_default():
-    from fmnist.runtime import resolve_precision
-
     if torch.cuda.is_bf16_supported():
-        assert resolve_precision(compose().precision, torch.device("cuda")) is torch.bfloat16
+        assert resolve_precision(settings().precision, torch.device("cuda")) is torch.bfloat16

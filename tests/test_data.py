@@ -8,14 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, compose, make_images
+from helpers import N_TEST, N_TRAIN, make_images, settings
 
-from fmnist.augment import augment_batch
-from fmnist.datasets import load_tensors
+from fmnist.config import TrainConfig
+from fmnist.data.batches import Batches, load_split, make_batches, split_indices
+from fmnist.data.sources import load_tensors
+from fmnist.data.transforms import augment_batch
 from fmnist.errors import UserError
-from fmnist.loaders import load_split, make_batches, split_indices
 
 CPU = torch.device("cpu")
+
+
+def batches(cfg: TrainConfig, split: str, batch_size: int, training: bool) -> Batches:
+    return make_batches(cfg.dataset, split, CPU, batch_size=batch_size, seed=cfg.seed, training=training,
+                        loader=cfg.loader, num_workers=cfg.num_workers)
 
 
 @pytest.mark.parametrize(("name", "n_train", "shape"), [
@@ -24,7 +30,7 @@ CPU = torch.device("cpu")
     ("cifar10", N_TRAIN["cifar"], (3, 32, 32)),
 ])
 def test_each_dataset_loads_from_its_files(name: str, n_train: int, shape: tuple[int, ...]):
-    cfg = compose(f"dataset={name}")
+    cfg = settings(f"dataset={name}")
     images, labels = load_tensors(cfg.dataset, train=True)
     assert images.shape == (n_train, *shape) and images.dtype == torch.uint8
     test_images, test_labels = load_tensors(cfg.dataset, train=False)
@@ -38,12 +44,12 @@ def test_each_dataset_loads_from_its_files(name: str, n_train: int, shape: tuple
 
 def test_data_directory_is_never_written(data_root: Path):
     before = sorted(p.name for p in (data_root / "MNIST" / "raw").iterdir())
-    load_tensors(compose("dataset=mnist").dataset, train=True)
+    load_tensors(settings("dataset=mnist").dataset, train=True)
     assert sorted(p.name for p in (data_root / "MNIST" / "raw").iterdir()) == before
 
 
 def test_missing_dataset_names_the_files_and_where(tmp_path: Path):
-    cfg = compose("dataset=fashion", f"dataset.root={tmp_path}", "dataset.download=false")
+    cfg = settings("dataset=fashion", f"dataset.root={tmp_path}", "dataset.download=false")
     with pytest.raises(UserError) as info:
         load_tensors(cfg.dataset, train=True)
     message = str(info.value)
@@ -54,13 +60,13 @@ def test_missing_dataset_names_the_files_and_where(tmp_path: Path):
 
 
 def test_missing_cifar_after_failed_download_explains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from fmnist import datasets
+    from fmnist.data import sources
 
     def offline(*args, **kwargs):
         raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
 
-    monkeypatch.setattr(datasets.LocalCIFAR10, "download", offline)
-    cfg = compose("dataset=cifar10", f"dataset.root={tmp_path}")
+    monkeypatch.setattr(sources.LocalCIFAR10, "download", offline)
+    cfg = settings("dataset=cifar10", f"dataset.root={tmp_path}")
     expected = r"CIFAR-10 not found: .*cifar-10-batches-py needs data_batch_1.*download failed"
     with pytest.raises(UserError, match=expected):
         load_tensors(cfg.dataset, train=True)
@@ -70,7 +76,7 @@ def test_corrupt_archive_is_a_clear_error(tmp_path: Path, data_root: Path):
     shutil.copytree(data_root / "MNIST", tmp_path / "MNIST")
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(UserError, match="could not unpack"):
-        load_tensors(compose("dataset=mnist", f"dataset.root={tmp_path}").dataset, train=True)
+        load_tensors(settings("dataset=mnist", f"dataset.root={tmp_path}").dataset, train=True)
 
 
 def test_truncated_idx_file_is_a_clear_error(tmp_path: Path, data_root: Path):
@@ -79,7 +85,7 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path: Path, data_root: Path):
     payload = gzip.decompress(archive.read_bytes())
     archive.write_bytes(gzip.compress(payload[:1000]))
     with pytest.raises(UserError, match="could not read MNIST"):
-        load_tensors(compose("dataset=mnist", f"dataset.root={tmp_path}").dataset, train=False)
+        load_tensors(settings("dataset=mnist", f"dataset.root={tmp_path}").dataset, train=False)
 
 
 def test_split_is_seeded_disjoint_and_complete():
@@ -91,11 +97,11 @@ def test_split_is_seeded_disjoint_and_complete():
 
 
 def test_tensor_and_torchvision_loaders_give_the_same_batches():
-    tensor_cfg = compose("dataset=fashion")
-    tv_cfg = compose("dataset=fashion", "data.loader=torchvision", "num_workers=0")
+    tensor_cfg = settings("dataset=fashion")
+    tv_cfg = settings("dataset=fashion", "data.loader=torchvision", "num_workers=0")
     for split in ("val", "test"):
-        a = list(make_batches(tensor_cfg, split, CPU, batch_size=32, training=False))
-        b = list(make_batches(tv_cfg, split, CPU, batch_size=32, training=False))
+        a = list(batches(tensor_cfg, split, 32, False))
+        b = list(batches(tv_cfg, split, 32, False))
         assert len(a) == len(b)
         for (xa, ya), (xb, yb) in zip(a, b, strict=True):
             assert torch.equal(ya, yb)
@@ -103,20 +109,20 @@ def test_tensor_and_torchvision_loaders_give_the_same_batches():
 
 
 def test_training_order_depends_on_seed_and_epoch_only():
-    cfg = compose("dataset=mnist")
-    first = make_batches(cfg, "train", CPU, batch_size=50, training=True)
-    second = make_batches(cfg, "train", CPU, batch_size=50, training=True)
+    cfg = settings("dataset=mnist")
+    first = batches(cfg, "train", 50, True)
+    second = batches(cfg, "train", 50, True)
     first.set_epoch(3)
     second.set_epoch(3)
     assert all(torch.equal(a[1], b[1]) for a, b in zip(first, second, strict=True))
     second.set_epoch(4)
     assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, second, strict=True))
     labels = torch.cat([y for _, y in first])
-    assert sorted(labels.tolist()) == sorted(load_split(cfg, "train")[1].tolist())
+    assert sorted(labels.tolist()) == sorted(load_split(cfg.dataset, "train", cfg.seed)[1].tolist())
 
 
 def test_augmentation_is_batched_seeded_and_keeps_shape():
-    cfg = compose("dataset=cifar10", "dataset.augment.crop_padding=4", "dataset.augment.hflip=true",
+    cfg = settings("dataset=cifar10", "dataset.augment.crop_padding=4", "dataset.augment.hflip=true",
                   "dataset.augment.rotation=10")
     x = torch.rand(8, 3, 32, 32) * 255
     a = augment_batch(x, cfg.dataset.augment, torch.Generator().manual_seed(0))
@@ -125,7 +131,7 @@ def test_augmentation_is_batched_seeded_and_keeps_shape():
 
 
 def test_crop_with_padding_shifts_the_image():
-    cfg = compose("dataset.augment.crop_padding=2")
+    cfg = settings("dataset.augment.crop_padding=2")
     x = torch.zeros(64, 1, 28, 28)
     x[:, :, 10, 10] = 1.0
     out = augment_batch(x, cfg.dataset.augment, torch.Generator().manual_seed(0))

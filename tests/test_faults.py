@@ -13,15 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, compose, console_script
+from helpers import cli, console_script
 
-from fmnist import atomic
-from fmnist import checkpoint as checkpoint_module
-from fmnist.build import build_loss, build_model, build_optimizer
-from fmnist.checkpoint import load_checkpoint, save_checkpoint
-from fmnist.engine import train_one_epoch
+from fmnist.artifacts import atomic
+from fmnist.artifacts import checkpoint as checkpoint_module
+from fmnist.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from fmnist.errors import UserError
-from fmnist.loaders import make_batches
 
 # A recipe that uses every source of randomness: shuffling, augmentation and dropout.
 RECIPE = ("model=mlp", "dataset=mnist", "epochs=4", "batch_size=16", "seed=11", "progress=false",
@@ -192,25 +189,6 @@ def test_step_checkpoints_never_hold_diverged_weights(tmp_path: Path):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_on_nan_skip_batch_skips_only_the_bad_batches():
-    cfg = compose("model=mlp", "dataset=mnist", "batch_size=40")
-    batches = make_batches(cfg, "train", torch.device("cpu"), batch_size=40, training=True)
-    model = build_model(cfg)
-    loss = build_loss(cfg)
-    calls = {"n": 0}
-
-    def sometimes_nan(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        calls["n"] += 1
-        value = loss(out, y)
-        return value * float("nan") if calls["n"] in (2, 5) else value
-
-    optimizer = build_optimizer(cfg, model.parameters(), torch.device("cpu"))
-    stats = train_one_epoch(model, batches, sometimes_nan, optimizer, device=torch.device("cpu"),
-                            dtype=torch.float32, skip_nonfinite=True)
-    assert stats.skipped == 2 and stats.steps == len(batches)
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-
-
 # ---- a run directory belongs to one run ----------------------------------------------------------------
 
 
@@ -270,7 +248,7 @@ def test_injected_disk_full_in_any_writer_is_one_line(tmp_path: Path, monkeypatc
                                                       failure: str):
     from collections import namedtuple
 
-    from fmnist.plots import plot_curves
+    from fmnist.artifacts.plots import plot_curves
 
     def full(tmp: Path) -> None:
         tmp.write_bytes(b"partial")

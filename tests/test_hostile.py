@@ -18,23 +18,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CIFAR_CLASSES, cli, make_images, write_idx, write_mnist_like
+from helpers import CIFAR_CLASSES, cli, make_images, one_line_error, write_idx, write_mnist_like
 
-from fmnist import datasets
-from fmnist.checkpoint import load_checkpoint
+from fmnist.artifacts.checkpoint import load_checkpoint
+from fmnist.config import DatasetSpec, InspectConfig
+from fmnist.data import sources
 from fmnist.errors import UserError
-from fmnist.restore import restore
+from fmnist.inference.restore import restore
 
 
 def one_line_refusal(proc, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith(("fmnist-train: error:", "fmnist-eval: error:", "fmnist-predict: error:"))
-    assert len([line for line in lines if "error:" in line]) == 1, proc.stderr
+    line = one_line_error(proc)
     for needle in needles:
-        assert needle in lines[-1], lines[-1]
-    return lines[-1]
+        assert needle in line, line
+    return line
 
 
 class MakesDirectory:
@@ -91,7 +88,8 @@ def refused_in_process(ckpt: Path, needle: str) -> None:
     """What fmnist-eval and fmnist-predict do first: restore the checkpoint (the CLI tests below show the
     same refusal end to end; in-process keeps this table fast)."""
     with pytest.raises(UserError) as info:
-        restore(str(ckpt), None, "cpu", None)
+        restore(InspectConfig(ckpt=str(ckpt), device="cpu", precision=None, out_dir=None, trust=frozenset(),
+                              data_root=None, data_download=None))
     assert "\n" not in str(info.value) and needle in str(info.value), str(info.value)
 
 
@@ -240,48 +238,47 @@ def test_a_crafted_cifar_file_is_not_a_cifar_batch(tmp_path: Path, name: str):
 def test_cifar_fields_of_the_wrong_shape_are_refused(tmp_path: Path):
     root = write_cifar_folder(tmp_path / "data", {"test_batch": {"data": [1, 2, 3], "labels": [0]}})
     with pytest.raises(UserError, match="not an N x 3072 uint8 array"):
-        datasets.LocalCIFAR10(str(root), train=False)
+        sources.LocalCIFAR10(str(root), train=False)
+
+
+def mnist_spec(root: Path) -> DatasetSpec:
+    return DatasetSpec(name="mnist", root=str(root), download=False, classes=tuple("0123456789"), channels=1,
+                       image_size=28, mean=(0.13,), std=(0.31,))
 
 
 def test_a_gzip_bomb_is_refused_while_inflating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(datasets, "MAX_DATA_FILE_BYTES", 1 << 20)
+    monkeypatch.setattr(sources, "MAX_DATA_FILE_BYTES", 1 << 20)
     write_mnist_like(tmp_path / "data", "MNIST", seed=7)
     raw = tmp_path / "data" / "MNIST" / "raw"
     with gzip.open(raw / "train-images-idx3-ubyte.gz", "wb") as f:
         for _ in range(4):
             f.write(b"\0" * (1 << 20))
     assert (raw / "train-images-idx3-ubyte.gz").stat().st_size < 64 << 10
-    datasets._decode.cache_clear()
-    cfg = {"name": "mnist", "root": str(tmp_path / "data"), "download": False, "channels": 1, "image_size": 28,
-           "num_classes": 10}
-    from omegaconf import OmegaConf
+    sources._decode.cache_clear()
     with pytest.raises(UserError, match="inflates to more than"):
-        datasets.load_tensors(OmegaConf.create(cfg), train=True)
+        sources.load_tensors(mnist_spec(tmp_path / "data"), train=True)
 
 
 def test_the_unpacked_cache_follows_content_not_modification_time(tmp_path: Path):
     """An older copy put back in place must not reuse the newer file's cache (it did, with mtimes)."""
-    from omegaconf import OmegaConf
-
     write_mnist_like(tmp_path / "data", "MNIST", seed=8)
     raw = tmp_path / "data" / "MNIST" / "raw"
-    cfg = OmegaConf.create({"name": "mnist", "root": str(tmp_path / "data"), "download": False, "channels": 1,
-                            "image_size": 28, "num_classes": 10})
+    cfg = mnist_spec(tmp_path / "data")
     labels_file = raw / "t10k-labels-idx1-ubyte.gz"
     old = labels_file.read_bytes()
     old_time = labels_file.stat().st_mtime - 3600
-    datasets._decode.cache_clear()
-    _, first = datasets.load_tensors(cfg, train=False)
+    sources._decode.cache_clear()
+    _, first = sources.load_tensors(cfg, train=False)
     write_idx(labels_file, ((first.numpy() + 1) % 10))  # new labels, unpacked into the cache
-    datasets._decode.cache_clear()
-    _, second = datasets.load_tensors(cfg, train=False)
+    sources._decode.cache_clear()
+    _, second = sources.load_tensors(cfg, train=False)
     assert torch.equal(second, (first + 1) % 10)
     labels_file.write_bytes(old)  # the old file put back, with an old modification time
     os.utime(labels_file, (old_time, old_time))
-    datasets._decode.cache_clear()
-    _, third = datasets.load_tensors(cfg, train=False)
+    sources._decode.cache_clear()
+    _, third = sources.load_tensors(cfg, train=False)
     assert torch.equal(third, first)
-    datasets._decode.cache_clear()
+    sources._decode.cache_clear()
 
 
 def test_the_dataloader_path_checks_labels_before_training(tmp_path: Path):
@@ -329,7 +326,7 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path: Path):
     import numpy as np
     from PIL import Image
 
-    from fmnist.images import load_image_file
+    from fmnist.inference.images import load_image_file
 
     ramp = (np.linspace(0, 65535, 28 * 28).reshape(28, 28)).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "deep.png")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose
+from helpers import settings
 
-from fmnist.build import build_loss, build_model, build_optimizer
 from fmnist.config import config_dir
+from fmnist.train.setup import build_loss, build_model, build_optimizer
 
 MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 DATASETS = ["mnist", "fashion", "cifar10"]
@@ -20,7 +20,7 @@ def test_the_four_required_models_exist():
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("model_name", MODELS)
 def test_model_shape_and_one_step_lowers_loss(model_name: str, dataset: str):
-    cfg = compose(f"model={model_name}", f"dataset={dataset}")
+    cfg = settings(f"model={model_name}", f"dataset={dataset}")
     torch.manual_seed(0)
     model = build_model(cfg)
     c, s = cfg.dataset.channels, cfg.dataset.image_size
@@ -42,43 +42,43 @@ def test_model_shape_and_one_step_lowers_loss(model_name: str, dataset: str):
 
 
 def test_feedforward_is_the_tutorial_network():
-    model = build_model(compose("model=feedforward", "dataset=cifar10"))
+    model = build_model(settings("model=feedforward", "dataset=cifar10"))
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert widths == [1650, 512, 138, 10]
 
 
 def test_cnn_variant_is_one_override_away():
-    model = build_model(compose("model=cnn", "model.channels=[8,16]", "model.hidden=[256,128,64]"))
+    model = build_model(settings("model=cnn", "model.channels=[8,16]", "model.hidden=[256,128,64]"))
     convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     fcs = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert convs == [8, 16] and fcs == [256, 128, 64, 10]
 
 
 def test_bn_cnn_has_batchnorm_after_each_conv():
-    model = build_model(compose("model=bn_cnn", "dataset=mnist"))
+    model = build_model(settings("model=bn_cnn", "dataset=mnist"))
     kinds = [type(m).__name__ for m in model.net]
     assert kinds[:4] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
     assert kinds.count("BatchNorm2d") == 2
 
 
 def test_nll_loss_makes_the_model_output_log_probabilities():
-    cfg = compose("model=mlp", "loss=nll")
+    cfg = settings("model=mlp", "loss=nll")
     out = build_model(cfg)(torch.randn(4, 1, 28, 28))
     assert torch.allclose(out.exp().sum(1), torch.ones(4), atol=1e-5)
-    logits = build_model(compose("model=mlp"))(torch.randn(4, 1, 28, 28))
+    logits = build_model(settings("model=mlp"))(torch.randn(4, 1, 28, 28))
     assert not torch.allclose(logits.exp().sum(1), torch.ones(4), atol=1e-3)
 
 
 def test_nll_and_cross_entropy_agree_on_the_same_weights():
     torch.manual_seed(0)
-    ce_model = build_model(compose("model=mlp"))
-    nll_model = build_model(compose("model=mlp", "loss=nll"))
+    ce_model = build_model(settings("model=mlp"))
+    nll_model = build_model(settings("model=mlp", "loss=nll"))
     nll_model.load_state_dict(ce_model.state_dict())
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     ce_model.eval()
     nll_model.eval()
-    ce = build_loss(compose("loss=cross_entropy"))(ce_model(x), y)
-    nll = build_loss(compose("loss=nll"))(nll_model(x), y)
+    ce = build_loss(settings("loss=cross_entropy"))(ce_model(x), y)
+    nll = build_loss(settings("loss=nll"))(nll_model(x), y)
     assert torch.allclose(ce, nll, atol=1e-6)
 
 

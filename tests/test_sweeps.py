@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST, cli, console_script
-from test_cli_train import assert_real_png
+from helpers import FAST, assert_real_png, cli, console_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +112,7 @@ def test_crashed_and_unreadable_jobs_are_reported_as_such(tmp_path: Path):
     """A job whose process died mid-run reads "crashed", a corrupt metrics.json "unreadable": never a traceback."""
     import json
 
-    from fmnist.sweep import collect
+    from fmnist.artifacts.sweep import collect
 
     cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=1e-3,1e-2,3e-2", "dataset=mnist", *FAST,
         "hydra.sweep.dir=sweep", cwd=tmp_path)

@@ -1,8 +1,10 @@
-"""Where the configs live and what a valid config is.
+"""Where the configs live, what a valid config is, and the typed settings the rest of fmnist reads.
 
 Validation happens here, in one table, after Hydra composes the config: Hydra would accept `epochs=abc`
 as a string, and torch would fail much later with an unhelpful message. Every rule names the key, the
-value and what is allowed, so the CLI can print it as one line.
+value and what is allowed, so the CLI can print it as one line. A valid config then becomes frozen
+dataclasses (`TrainConfig`, `EvalConfig`, `PredictConfig`): this is the only module besides the entry
+points that reads an OmegaConf object, so everything below it takes plain, typed arguments.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +193,7 @@ PREDICT_RULES: tuple[Rule, ...] = INSPECT_RULES + (
 
 
 def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
-    """Check every rule; raise UserError for the first key that breaks one."""
+    """Check every rule, then the combinations; raise UserError for the first problem found."""
     for rule in rules:
         try:
             value = OmegaConf.select(cfg, rule.key, default=_MISSING)
@@ -207,6 +209,13 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
             raise UserError(f"{rule.key}={value!r} is not valid: expected {rule.allowed}")
     if rules is TRAIN_RULES:
         _check_train_combinations(cfg)
+    elif rules is PREDICT_RULES and cfg.image is not None and cfg.index is not None:
+        raise UserError("give either image=FILE or index=N, not both")
+    if rules is not TRAIN_RULES:
+        unknown = [f"dataset.{k}" for k in (cfg.get("dataset") or {}) if k not in INSPECT_DATASET_KEYS]
+        if unknown:
+            raise UserError(f"{unknown[0]} cannot be changed at eval time (only "
+                            f"{', '.join(f'dataset.{k}' for k in INSPECT_DATASET_KEYS)})")
 
 
 def _check_train_combinations(cfg: DictConfig) -> None:
@@ -216,14 +225,182 @@ def _check_train_combinations(cfg: DictConfig) -> None:
             f"dataset.mean and dataset.std need one value per channel ({cfg.dataset.channels}), "
             f"got {list(cfg.dataset.mean)} and {list(cfg.dataset.std)}"
         )
-    if cfg.get("compile") == "cudagraph" and cfg.scheduler.get("_target_"):
-        raise UserError("compile=cudagraph replays a fixed learning rate: use scheduler=none, or compile=none/torch")
-    if cfg.get("compile") == "cudagraph" and cfg.get("on_nan") == "skip_batch":
-        raise UserError("compile=cudagraph cannot skip single batches: use on_nan=stop, or compile=none/torch")
-    if cfg.get("compile") == "cudagraph" and cfg.precision == "fp16":
-        raise UserError("compile=cudagraph does not support precision=fp16 (loss scaling): use bf16 or fp32")
+    if cfg.get("compile") == "cudagraph":
+        if cfg.scheduler.get("_target_"):
+            raise UserError("compile=cudagraph replays a fixed learning rate: use scheduler=none, or "
+                            "compile=none/torch")
+        if cfg.get("on_nan") == "skip_batch":
+            raise UserError("compile=cudagraph cannot skip single batches: use on_nan=stop, or compile=none/torch")
+        if cfg.precision == "fp16":
+            raise UserError("compile=cudagraph does not support precision=fp16 (loss scaling): use bf16 or fp32")
+        if cfg.data.loader != "tensor":
+            raise UserError("compile=cudagraph needs data.loader=tensor (the data must live on the GPU)")
+        if cfg.device in ("cpu", "mps"):
+            raise UserError(f"compile=cudagraph needs a CUDA device, not device={cfg.device}; use compile=none "
+                            f"or compile=torch")
     if len(cfg.dataset.classes) != cfg.dataset.num_classes:
         raise UserError(
             f"dataset.classes has {len(cfg.dataset.classes)} names but dataset.num_classes="
             f"{cfg.dataset.num_classes}"
         )
+
+
+# ---- the settings, typed: what the rest of fmnist reads ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Augment:
+    crop_padding: int = 0
+    hflip: bool = False
+    rotation: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.hflip or self.rotation > 0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: where its files are, what its images and classes are, how it is split and augmented."""
+
+    name: str
+    root: str | None
+    download: bool
+    classes: tuple[str, ...]
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    val_fraction: float = 0.1
+    augment: Augment = Augment()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A validated training config. `model`, `loss`, `optimizer` and `scheduler` stay `_target_` nodes
+    (plain dicts) for instantiation; `resolved` is the whole config as plain data, what a checkpoint keeps."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    device: str
+    precision: str
+    dataset: DatasetSpec
+    model: dict[str, Any]
+    loss: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    resolved: dict[str, Any] = field(repr=False)
+    loader: str = "tensor"
+    num_workers: int = 0
+    compile: str = "none"
+    channels_last: bool | str = "auto"
+    threads: int | str = "auto"
+    progress: bool | str = "auto"
+    checkpoint_every_steps: int = 0
+    on_nan: str = "stop"
+    skip_batch_limit: float = 0.25
+    resume: str | None = None
+    trust: frozenset[str] = frozenset()
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+    """Validate a composed training config and turn it into typed settings."""
+    validate(cfg, TRAIN_RULES)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    return _train_settings(resolved)
+
+
+def stored_train_config(stored: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """A config kept in a checkpoint (already allowlisted), with `overrides` (dotted key -> value) applied.
+
+    A None override keeps the stored value, except for dataset.root: the data directory is always the
+    caller's (None: the default one), never the file's.
+    """
+    cfg = OmegaConf.create(stored)
+    for key, value in overrides.items():
+        if value is not None or key == "dataset.root":
+            OmegaConf.update(cfg, key, value, force_add=True)
+    return train_config(cfg)
+
+
+def lookup(resolved: dict[str, Any], key: str) -> Any:
+    """A dotted key of a resolved config (None where it is absent)."""
+    node: Any = resolved
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _train_settings(c: dict[str, Any]) -> TrainConfig:
+    d = c["dataset"]
+    dataset = DatasetSpec(name=d["name"], root=d["root"], download=d["download"], classes=tuple(d["classes"]),
+                          channels=d["channels"], image_size=d["image_size"], mean=tuple(d["mean"]),
+                          std=tuple(d["std"]), val_fraction=d["val_fraction"], augment=Augment(**d["augment"]))
+    return TrainConfig(
+        epochs=c["epochs"], batch_size=c["batch_size"], eval_batch_size=c["eval_batch_size"], seed=c["seed"],
+        device=c["device"], precision=c["precision"], dataset=dataset, model=c["model"], loss=c["loss"],
+        optimizer=c["optimizer"], scheduler=c["scheduler"], resolved=c, loader=c["data"]["loader"],
+        num_workers=c["num_workers"], compile=c.get("compile", "none"),
+        channels_last=c.get("channels_last", "auto"), threads=c.get("threads", "auto"), progress=c["progress"],
+        checkpoint_every_steps=c.get("checkpoint_every_steps") or 0, on_nan=c.get("on_nan", "stop"),
+        skip_batch_limit=c.get("skip_batch_limit", 0.25), resume=c.get("resume"),
+        trust=frozenset(c.get("trust") or ()),
+    )
+
+
+INSPECT_DATASET_KEYS = ("root", "download")  # what eval and predict may change of a checkpoint's dataset
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """What fmnist-eval and fmnist-predict share: which checkpoint, where, and the user's data directory."""
+
+    ckpt: str | None
+    device: str
+    precision: str | None
+    out_dir: str | None
+    trust: frozenset[str]
+    data_root: str | None
+    data_download: bool | None
+
+
+@dataclass(frozen=True)
+class EvalConfig(InspectConfig):
+    split: str = "test"
+    batch_size: int | None = None
+    progress: bool | str = "auto"
+
+
+@dataclass(frozen=True)
+class PredictConfig(InspectConfig):
+    index: int | None = None
+    image: str | None = None
+    invert: bool | str = "auto"
+    seed: int | None = None
+    topk: int = 3
+    format: str = "text"
+
+
+def eval_config(cfg: DictConfig) -> EvalConfig:
+    validate(cfg, EVAL_RULES)
+    return EvalConfig(**_inspect_settings(cfg), split=cfg.split, batch_size=cfg.batch_size, progress=cfg.progress)
+
+
+def predict_config(cfg: DictConfig) -> PredictConfig:
+    validate(cfg, PREDICT_RULES)
+    return PredictConfig(**_inspect_settings(cfg), index=cfg.index, image=cfg.image, invert=cfg.invert,
+                         seed=cfg.seed, topk=cfg.topk, format=cfg.format)
+
+
+def _inspect_settings(cfg: DictConfig) -> dict[str, Any]:
+    dataset = cfg.get("dataset") or {}
+    return {"ckpt": cfg.ckpt, "device": cfg.device, "precision": cfg.precision, "out_dir": cfg.out_dir,
+            "trust": frozenset(cfg.trust or ()), "data_root": dataset.get("root"),
+            "data_download": dataset.get("download")}

@@ -34,8 +34,8 @@ class Dropout(nn.Dropout):
     """nn.Dropout whose CPU mask is drawn as `uniform >= p` rather than with bernoulli_.
 
     Same distribution, same scaling, same module in a state dict; on the CPU torch's bernoulli_ costs
-    about 2.5x a uniform draw, which made dropout a fifth of the mlp's training step (docs/benchmarks.md).
-    Elsewhere the native fused kernel is faster, so it is used as is.
+    several uniform draws, enough to be a large share of the mlp's training step (figures in
+    docs/benchmarks.md). Elsewhere the native fused kernel is faster, so it is used as is.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
-    """Turn `auto|cpu|cuda|cuda:N|mps` into a device that exists, or say why it cannot."""
+    """Turn a validated `auto|cpu|cuda|cuda:N|mps` into a device that exists, or say why it cannot."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -30,16 +30,15 @@ def resolve_device(name: str) -> torch.device:
         if not torch.backends.mps.is_available():
             raise UserError("device=mps was asked for, but MPS is not available here; use device=cpu or auto")
         return torch.device("mps")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise UserError(f"device={name} was asked for, but {why}; use device=cpu or device=auto")
-        device = torch.device(name)
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UserError(f"device={name} was asked for, but only {count} CUDA device(s) exist (0..{count - 1})")
-        return device
-    raise UserError(f"device={name!r} is not valid: expected auto, cpu, cuda, cuda:N or mps")
+    # cuda or cuda:N (config.py has checked the name)
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise UserError(f"device={name} was asked for, but {why}; use device=cpu or device=auto")
+    device = torch.device(name)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UserError(f"device={name} was asked for, but only {count} CUDA device(s) exist (0..{count - 1})")
+    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

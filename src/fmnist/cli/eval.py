@@ -5,13 +5,14 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fmnist.cli.common import hydra_app, report_user_errors
-from fmnist.evaluation import run_eval
+from fmnist.config import eval_config
+from fmnist.inference.evaluation import run_eval
 
 
 @hydra_app("fmnist-eval", "eval")
 def main(cfg: DictConfig) -> float:
     """Returns the accuracy, so `--multirun` over checkpoints or splits can compare them."""
-    return report_user_errors("fmnist-eval", lambda: run_eval(cfg)["accuracy"])
+    return report_user_errors("fmnist-eval", lambda: run_eval(eval_config(cfg))["accuracy"])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist.cli.common import hydra_app, report_user_errors
-from fmnist.prediction import run_predict
+from fmnist.config import predict_config
+from fmnist.inference.prediction import run_predict
 
 
 @hydra_app("fmnist-predict", "predict")
@@ -17,7 +18,7 @@ def main(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     # In a sweep each job writes its picture into its own job directory instead of one shared file.
     job_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    return report_user_errors("fmnist-predict", lambda: run_predict(cfg, job_dir)["predicted"])
+    return report_user_errors("fmnist-predict", lambda: run_predict(predict_config(cfg), job_dir)["predicted"])
 
 
 if __name__ == "__main__":

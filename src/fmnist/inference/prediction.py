@@ -8,26 +8,21 @@ import random
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from fmnist.allowlist import check_trust
-from fmnist.atomic import ensure_dir
-from fmnist.augment import Normalize
-from fmnist.config import PREDICT_RULES, validate
-from fmnist.engine import predict_probs
+from fmnist.artifacts.atomic import ensure_dir
+from fmnist.artifacts.plots import plot_prediction
+from fmnist.artifacts.rundir import PREDICTION
+from fmnist.config import PredictConfig
+from fmnist.data.batches import load_split
+from fmnist.data.transforms import Normalize
 from fmnist.errors import UserError
-from fmnist.images import load_image_file
-from fmnist.loaders import load_split
-from fmnist.plots import plot_prediction
-from fmnist.restore import restore
+from fmnist.inference.images import load_image_file
+from fmnist.inference.restore import restore
+from fmnist.train.loop import predict_probs
 
 
-def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[str, Any]:
+def run_predict(cfg: PredictConfig, default_out_dir: Path | None = None) -> dict[str, Any]:
     """Predict, print (text or JSON), save prediction.png; returns the printed result."""
-    validate(cfg, PREDICT_RULES)
-    if cfg.image is not None and cfg.index is not None:
-        raise UserError("give either image=FILE or index=N, not both")
-    r = restore(cfg.ckpt, cfg.dataset, cfg.device, cfg.precision, check_trust(cfg.trust))
+    r = restore(cfg)
     ds = r.cfg.dataset
     result: dict[str, Any] = {"checkpoint": str(r.path)}
     if cfg.image is not None:
@@ -36,12 +31,12 @@ def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[st
         result["image"] = str(cfg.image)
         caption = Path(cfg.image).name
     else:
-        images, labels = load_split(r.cfg, "test")
+        images, labels = load_split(ds, "test", r.cfg.seed)
         index = _pick_index(cfg.index, cfg.seed, len(labels))
         image, true = images[index], int(labels[index])
         result["index"] = index
         caption = f"test image #{index}"
-    x = Normalize(list(ds.mean), list(ds.std), r.device)(image[None].to(r.device))
+    x = Normalize(ds.mean, ds.std, r.device)(image[None].to(r.device))
     probs = predict_probs(r.model, x, device=r.device, dtype=r.dtype)[0].cpu()
     names = r.class_names
     predicted = int(probs.argmax())
@@ -53,9 +48,8 @@ def run_predict(cfg: DictConfig, default_out_dir: Path | None = None) -> dict[st
         "topk": [{"class": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices,
                                                                                     strict=True)],
     })
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else (default_out_dir or r.path.parent)
-    ensure_dir(out_dir)
-    figure = plot_prediction(image, probs, names, predicted, true, out_dir / "prediction.png", caption=caption)
+    out_dir = ensure_dir(Path(cfg.out_dir) if cfg.out_dir else (default_out_dir or r.path.parent))
+    figure = plot_prediction(image, probs, names, predicted, true, out_dir / PREDICTION, caption=caption)
     result["figure"] = str(figure)
     print(json.dumps(_json_safe(result), allow_nan=False) if cfg.format == "json" else _as_text(result))
     return result

@@ -10,14 +10,15 @@ import math
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torchvision import transforms
+
+from fmnist.config import Augment
 
 
 class Normalize:
     """uint8 (or float 0..255) images -> (x/255 - mean)/std in one multiply-add (type promotion does the cast)."""
 
-    def __init__(self, mean: list[float], std: list[float], device: torch.device) -> None:
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> None:
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
@@ -27,11 +28,7 @@ class Normalize:
         return torch.addcmul(self.shift, images, self.scale)
 
 
-def is_enabled(augment: DictConfig) -> bool:
-    return augment.crop_padding > 0 or augment.hflip or augment.rotation > 0
-
-
-def augment_batch(images: torch.Tensor, augment: DictConfig, generator: torch.Generator | None) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator | None) -> torch.Tensor:
     """Random crop with padding, horizontal flip and small rotation for a float batch (B, C, H, W).
 
     generator=None draws from the device's default generator (what a captured CUDA graph can replay).
@@ -60,7 +57,8 @@ def augment_batch(images: torch.Tensor, augment: DictConfig, generator: torch.Ge
     return images
 
 
-def torchvision_transform(augment: DictConfig | None, image_size: int, mean: list[float], std: list[float]
+def torchvision_transform(augment: Augment | None, image_size: int, mean: tuple[float, ...],
+                          std: tuple[float, ...]
                           ) -> transforms.Compose:
     """The same recipe for PIL images in a DataLoader: augmentation (training only), ToTensor, Normalize."""
     steps: list = []

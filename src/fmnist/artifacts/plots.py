@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fmnist.atomic import write_atomically  # noqa: E402
+from fmnist.artifacts.atomic import write_atomically  # noqa: E402
 
 GOOD, BAD, NEUTRAL = "#2a9d4b", "#d1352b", "#4c72b0"
 
@@ -87,7 +87,8 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str = "") -> Path:
     rows = sorted(report["classes"], key=lambda r: r["accuracy"])
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
     accs = [100 * r["accuracy"] for r in rows]
-    bars = ax.barh([r["class"] for r in rows], accs, color=NEUTRAL)
+    bars = ax.barh(range(len(rows)), accs, color=NEUTRAL)
+    ax.set_yticks(range(len(rows)), [r["class"] for r in rows])  # positions: "0".."9" are names, not numbers
     overall = 100 * report["accuracy"]
     ax.axvline(overall, color=BAD, linestyle="--", label=f"overall {overall:.2f}%")
     for bar, acc in zip(bars, accs, strict=True):

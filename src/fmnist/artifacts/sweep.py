@@ -2,28 +2,29 @@
 
 Works on any sweep directory, finished or not: each job directory holds Hydra's `.hydra/overrides.yaml`
 and the `metrics.json` that training rewrites every epoch (with `status` and, on failure, `error`).
-Hydra calls `SummaryCallback` when a `--multirun` ends; `scripts/summarize_sweep.py` does the same by hand.
+Hydra calls `cli.callbacks.SummaryCallback` after each job and when a `--multirun` ends;
+`scripts/summarize_sweep.py` does the same by hand. Also here: the policy for one job of a sweep (a failed
+job is recorded and the others go on) and how many jobs share the CPU.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig
 
-from fmnist.atomic import write_atomically
+from fmnist.artifacts.atomic import write_atomically
+from fmnist.artifacts.rundir import RunDir, RunDirectoryInUse, read_metrics
+from fmnist.errors import Interrupted, UserError
 
 log = logging.getLogger("fmnist")
 
@@ -40,7 +41,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         job_dir = overrides_file.parent.parent
         overrides = _read_overrides(overrides_file)
-        metrics, problem = _read_metrics(job_dir / "metrics.json")
+        metrics, problem = read_metrics(job_dir)
         history = [r for r in metrics.get("history", []) if _is_epoch_row(r)] if not problem else []
         status = "unreadable" if problem else metrics.get("status", "not started" if not metrics else "running")
         error = problem or str(metrics.get("error", "") or "")
@@ -75,19 +76,6 @@ def _read_overrides(path: Path) -> list[str]:
     return [str(o) for o in overrides] if isinstance(overrides, list) else ["(unreadable overrides.yaml)"]
 
 
-def _read_metrics(path: Path) -> tuple[dict[str, Any], str]:
-    """(metrics, problem): an absent file is no problem (the job has not started), a corrupt one is."""
-    if not path.is_file():
-        return {}, ""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return {}, f"metrics.json is unreadable ({type(exc).__name__})"
-    if not isinstance(metrics, dict):
-        return {}, "metrics.json is not a JSON object"
-    return metrics, ""
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
@@ -111,7 +99,7 @@ def _alive(pid: Any, host: Any) -> bool:
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     """sweep_summary.csv, sweep_summary.md and sweep.png in sweep_dir; returns the rows."""
-    from fmnist.plots import plot_sweep
+    from fmnist.artifacts.plots import plot_sweep  # matplotlib: only when drawing
 
     rows = collect(sweep_dir)
     table = io.StringIO()
@@ -160,37 +148,58 @@ def _job_number(name: str) -> int:
     return int(name) if name.isdigit() else 0
 
 
-def sweeper_wants_exceptions(hydra_cfg: DictConfig) -> bool:
+def report(sweep_dir: Path) -> int:
+    """Write the summary and log it (the best jobs, then every failure); returns the number of failed jobs."""
+    rows = write_summary(sweep_dir)
+    failed = [r for r in rows if r["status"] in FAILED]
+    log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "sweep_summary.md", len(rows), len(failed))
+    for r in rows[:5]:
+        if r["status"] not in FAILED:
+            log.info("  job %s  val %s  test %s  %s", r["job"], _pct(r["best_val_acc"]), _pct(r["test_acc"]),
+                     r["overrides"])
+    for r in failed:
+        log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], r["overrides"])
+    return len(failed)
+
+
+# ---- one job of a sweep ----------------------------------------------------------------------------------
+
+
+def run_job(train: Callable[[], float], out_dir: Path, sweep_dir: Path, job: int, sweeper_target: str) -> float:
+    """Run one job so that a failure does not stop the sweep: record why it failed, then tell the sweeper
+    in the way it understands. Ctrl-C stops the whole sweep: the summary of what finished is written first."""
+    try:
+        return train()
+    except Interrupted as exc:
+        print(f"fmnist-train: {exc}", file=sys.stderr)
+        write_summary(sweep_dir)
+        raise SystemExit(exc.exit_code) from None
+    except UserError as exc:
+        message, error = str(exc), exc
+        if not isinstance(exc, RunDirectoryInUse):  # never write into another run's directory
+            RunDir(out_dir).record_status("failed", message)
+    except Exception as exc:  # a bug: keep the traceback in the job's log, still record and go on
+        log.exception("job failed")
+        message, error = f"{type(exc).__name__}: {exc}", exc
+        RunDir(out_dir).record_status("failed", message)
+    log.error("job %s failed: %s", job, message)
+    if sweeper_wants_exceptions(sweeper_target):
+        raise error
+    return math.nan
+
+
+def sweeper_wants_exceptions(sweeper_target: str) -> bool:
     """How a failed job is reported to the sweeper that runs it.
 
     Hydra's basic sweeper aborts the whole sweep when a job raises, so it gets NaN; the Optuna sweeper
     records a job that raised as a failed trial (and cannot digest NaN), so it gets the exception.
     """
-    return "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
+    return "optuna" in sweeper_target.lower()
 
 
-class SummaryCallback(Callback):
-    """Keeps the sweep summary current after every job, and reports it when the --multirun ends.
-
-    Exits with code 1 at the end if any job failed, so scripts notice.
-    """
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN:
-            write_summary(Path(config.hydra.sweep.dir))
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        rows = write_summary(sweep_dir)
-        failed = [r for r in rows if r["status"] in FAILED]
-        log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "sweep_summary.md", len(rows), len(failed))
-        for r in rows[:5]:
-            if r["status"] not in FAILED:
-                log.info("  job %s  val %s  test %s  %s", r["job"], _pct(r["best_val_acc"]), _pct(r["test_acc"]),
-                         r["overrides"])
-        for r in failed:
-            log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], r["overrides"])
-        if failed:
-            sys.exit(1)
+def parallel_jobs(launcher_target: str, n_jobs: int | None) -> int:
+    """How many jobs run side by side: the joblib launcher's n_jobs (-1: one per core), else one."""
+    if "joblib" not in launcher_target.lower():
+        return 1
+    n = int(n_jobs or 1)
+    return (os.cpu_count() or 1) if n < 0 else n

@@ -1,4 +1,5 @@
-"""Batches for training and evaluation: a device-resident tensor path (default) and torchvision's DataLoader.
+"""Splits and batches for training and evaluation: a device-resident tensor path (default) and torchvision's
+DataLoader.
 
 Both yield (images, labels) already normalised, in the same seeded order for a given (seed, epoch), so a
 run is reproducible and a resumed run sees the data in the order the uninterrupted one would have.
@@ -11,14 +12,12 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
-from fmnist.augment import Normalize, augment_batch, is_enabled, torchvision_transform
-from fmnist.datasets import SOURCES, check_labels, load_tensors, open_dataset
+from fmnist.config import Augment, DatasetSpec
+from fmnist.data.sources import SOURCES, check_labels, load_tensors, open_dataset
+from fmnist.data.transforms import Normalize, augment_batch, torchvision_transform
 from fmnist.errors import UserError
-
-SPLITS = ("train", "val", "test")
 
 
 class Batches(Protocol):
@@ -58,7 +57,7 @@ class TensorBatches:
     """Whole split as uint8 on the device; shuffle, gather, augment and normalise as batched tensor ops."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalize, *,
-                 shuffle: bool, seed: int, augment: DictConfig | None = None) -> None:
+                 shuffle: bool, seed: int, augment: Augment | None = None) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.normalize = batch_size, normalize
         self.shuffle, self.seed, self.augment = shuffle, seed, augment
@@ -105,7 +104,8 @@ class TensorBatches:
     def gather(self, idx: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch at `idx`, ready for the model. Pure tensor ops: a CUDA graph can capture it.
 
-        index_select copies whole rows; on the CPU it is 5-10x faster than advanced indexing (`images[idx]`).
+        index_select copies whole rows: on the CPU much faster than advanced indexing (`images[idx]`; see
+        docs/benchmarks.md).
         """
         return self.prepare(self.images.index_select(0, idx), generator), self.labels.index_select(0, idx)
 
@@ -147,48 +147,40 @@ class TorchvisionBatches:
         return itertools.islice(iter(self.loader), step, None)
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"split={split!r} does not exist: expected one of {', '.join(SPLITS)}")
-
-
-def split_members(cfg: DictConfig, split: str, n_official: int) -> torch.Tensor | None:
+def split_members(dataset: DatasetSpec, split: str, n_official: int, seed: int) -> torch.Tensor | None:
     """Indices of `split` within its official set: train and val partition the official training set
     (seeded); test is the whole official test set (None)."""
-    _check_split(split)
     if split == "test":
         return None
-    train_idx, val_idx = split_indices(n_official, cfg.dataset.val_fraction, cfg.seed)
+    train_idx, val_idx = split_indices(n_official, dataset.val_fraction, seed)
     return train_idx if split == "train" else val_idx
 
 
-def load_split(cfg: DictConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, C, H, W) and labels of one split, in evaluation order."""
-    _check_split(split)
-    images, labels = load_tensors(cfg.dataset, train=split != "test")
-    members = split_members(cfg, split, len(labels))
+def load_split(dataset: DatasetSpec, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and labels of one split (train, val or test), in evaluation order."""
+    images, labels = load_tensors(dataset, train=split != "test")
+    members = split_members(dataset, split, len(labels), seed)
     return (images, labels) if members is None else (images[members], labels[members])
 
 
-def make_batches(cfg: DictConfig, split: str, device: torch.device, *, batch_size: int,
-                 training: bool) -> Batches:
-    """Batches of one split (train/val/test) through the loader the config names.
+def make_batches(dataset: DatasetSpec, split: str, device: torch.device, *, batch_size: int, seed: int,
+                 training: bool, loader: str = "tensor", num_workers: int = 0) -> Batches:
+    """Batches of one split (train/val/test) through the loader named (tensor or torchvision).
 
     `training` turns on shuffling and augmentation; evaluation always sees the data in file order.
     """
-    _check_split(split)
-    dataset = cfg.dataset
-    augment = dataset.augment if training and is_enabled(dataset.augment) else None
-    if cfg.data.loader == "tensor":
-        images, labels = load_split(cfg, split)
-        normalize = Normalize(list(dataset.mean), list(dataset.std), device)
+    augment = dataset.augment if training and dataset.augment.enabled else None
+    if loader == "tensor":
+        images, labels = load_split(dataset, split, seed)
+        normalize = Normalize(dataset.mean, dataset.std, device)
         return TensorBatches(images.to(device), labels.to(device), batch_size, normalize,
-                             shuffle=training, seed=cfg.seed, augment=augment)
-    transform = torchvision_transform(augment, dataset.image_size, list(dataset.mean), list(dataset.std))
-    ds = open_dataset(dataset, train=split != "test", transform=transform)
-    check_labels(torch.as_tensor(ds.targets), len(ds), dataset.num_classes, SOURCES[dataset.name].title)
-    members = split_members(cfg, split, len(ds))
+                             shuffle=training, seed=seed, augment=augment)
+    transform = torchvision_transform(augment, dataset.image_size, dataset.mean, dataset.std)
+    ds = open_dataset(dataset.name, dataset.root, dataset.download, train=split != "test", transform=transform)
+    title = SOURCES[dataset.name].title
+    check_labels(torch.as_tensor(ds.targets), len(ds), dataset.num_classes, title)
+    members = split_members(dataset, split, len(ds), seed)
     if members is not None:
         ds = Subset(ds, members.tolist())
-    return TorchvisionBatches(ds, batch_size, shuffle=training, seed=cfg.seed, num_workers=cfg.num_workers,
+    return TorchvisionBatches(ds, batch_size, shuffle=training, seed=seed, num_workers=num_workers,
                               pin_memory=device.type == "cuda")

@@ -7,17 +7,7 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-from fmnist.errors import UserError
-
 log = logging.getLogger("fmnist")
-
-
-class Interrupted(UserError):
-    """Training stopped on a signal after saving its state; the exit code is 128 + the signal number."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 class StopRequest:

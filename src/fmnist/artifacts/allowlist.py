@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from fmnist.config import DOTTED_NAME, config_dir
-from fmnist.errors import UserError
+from fmnist.errors import UserError, one_line
 
 BUILT_GROUPS = ("model", "loss", "optimizer", "scheduler")
 HYDRA_KEYS = {"_target_", "_partial_"}
@@ -78,7 +78,7 @@ def check_stored_config(config: Any, trusted: frozenset[str] = frozenset(), *, s
                 raise UserError(f"{source}: refusing {path}: only {', '.join(BUILT_GROUPS)} may name a class "
                                 f"(_target_), and nothing else may carry Hydra keys")
         if isinstance(value, str) and "${" in value:
-            raise UserError(f"{source}: refusing {path}={_short(value)}: a stored config holds resolved values, "
+            raise UserError(f"{source}: refusing {path}={one_line(value, 80)}: a stored config holds resolved values, "
                             f"never interpolations")
     for group in BUILT_GROUPS:
         node = config.get(group)
@@ -97,8 +97,8 @@ def check_stored_config(config: Any, trusted: frozenset[str] = frozenset(), *, s
             continue
         allowed = shipped[group]
         if target not in allowed:
-            raise UserError(f"{source}: refusing {group}._target_={_short(target)}: not a class fmnist ships "
-                            f"({', '.join(sorted(allowed))}); if you wrote it, pass trust=[{_short(target)}]")
+            raise UserError(f"{source}: refusing {group}._target_={one_line(target, 80)}: not a class fmnist ships "
+                            f"({', '.join(sorted(allowed))}); if you wrote it, pass trust=[{one_line(target, 80)}]")
         extra = sorted(str(k) for k in node if k not in allowed[target])
         if extra:
             raise UserError(f"{source}: refusing {group}.{extra[0]}: fmnist's conf/ never passes it to {target}; "
@@ -137,8 +137,3 @@ def _walk(node: Any, prefix: str) -> Iterable[tuple[str, Any, Any]]:
             path = f"{prefix}[{i}]"
             yield path, None, value
             yield from _walk(value, path)
-
-
-def _short(text: str, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,13 +1,13 @@
-"""Every optimizer, scheduler and loss choice instantiates and does its job."""
+"""Setup: every optimizer, scheduler and loss choice instantiates and does its job; memory-format policy."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose
+from helpers import settings
 
-from fmnist.build import build_loss, build_model, build_optimizer, build_scheduler, use_channels_last
 from fmnist.config import config_dir
+from fmnist.train.setup import build_loss, build_model, build_optimizer, build_scheduler, use_channels_last
 
 
 def options(group: str) -> list[str]:
@@ -16,21 +16,21 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("name", options("optimizer"))
 def test_optimizer_instantiates_with_its_lr(name: str):
-    cfg = compose(f"optimizer={name}", "optimizer.lr=0.0123")
+    cfg = settings(f"optimizer={name}", "optimizer.lr=0.0123")
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model.parameters(), torch.device("cpu"))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0123)
 
 
 def test_sgd_takes_momentum_nesterov_and_weight_decay():
-    cfg = compose("optimizer=sgd", "optimizer.momentum=0.8", "optimizer.nesterov=true", "optimizer.weight_decay=1e-4")
+    cfg = settings("optimizer=sgd", "optimizer.momentum=0.8", "optimizer.nesterov=true", "optimizer.weight_decay=1e-4")
     group = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu")).param_groups[0]
     assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.8, True, 1e-4)
 
 
 @pytest.mark.parametrize("name", options("scheduler"))
 def test_scheduler_instantiates_and_steps(name: str):
-    cfg = compose(f"scheduler={name}", "epochs=4")
+    cfg = settings(f"scheduler={name}", "epochs=4")
     optimizer = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu"))
     scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch=5)
     if name == "none":
@@ -47,44 +47,29 @@ def test_scheduler_instantiates_and_steps(name: str):
 
 @pytest.mark.parametrize("name", options("loss"))
 def test_loss_instantiates(name: str):
-    cfg = compose(f"loss={name}")
+    cfg = settings(f"loss={name}")
     model = build_model(cfg)
     loss = build_loss(cfg)(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
 def test_label_smoothing_is_passed_through():
-    assert build_loss(compose("loss.label_smoothing=0.1")).label_smoothing == pytest.approx(0.1)
+    assert build_loss(settings("loss.label_smoothing=0.1")).label_smoothing == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(("name", "fused"), [("adam", True), ("adamw", True), ("sgd", True), ("rmsprop", None)])
 def test_fused_optimizers_on_cpu(name: str, fused: bool | None):
-    cfg = compose(f"optimizer={name}")
+    cfg = settings(f"optimizer={name}")
     optimizer = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu"))
     assert optimizer.defaults.get("fused") is fused
 
 
 def test_channels_last_auto_follows_the_measurements():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    cnn = build_model(compose("model=cnn"))
-    bn_cnn = build_model(compose("model=bn_cnn"))
-    mlp = build_model(compose("model=mlp"))
+    cnn = build_model(settings("model=cnn"))
+    bn_cnn = build_model(settings("model=bn_cnn"))
+    mlp = build_model(settings("model=mlp"))
     assert use_channels_last(cnn, cpu, "auto") and not use_channels_last(bn_cnn, cpu, "auto")
     assert use_channels_last(bn_cnn, cuda, "auto") and not use_channels_last(mlp, cuda, "auto")
     assert use_channels_last(bn_cnn, cpu, True) and not use_channels_last(cnn, cpu, False)
     assert not use_channels_last(mlp, cpu, True)
-
-
-def test_warmup_steps_are_timed_apart_from_the_steady_state():
-    from fmnist.engine import train_one_epoch
-    from fmnist.loaders import make_batches
-
-    cfg = compose("model=mlp", "dataset=mnist", "batch_size=40")
-    device = torch.device("cpu")
-    batches = make_batches(cfg, "train", device, batch_size=cfg.batch_size, training=True)
-    model = build_model(cfg)
-    stats = train_one_epoch(model, batches, build_loss(cfg), build_optimizer(cfg, model.parameters(), device),
-                            device=device, dtype=torch.float32, warmup_steps=2)
-    assert stats.warmup_samples == 80 and 0 < stats.warmup_seconds < stats.seconds
-    steady = (stats.samples - 80) / (stats.seconds - stats.warmup_seconds)
-    assert stats.samples_per_s == pytest.approx(steady)

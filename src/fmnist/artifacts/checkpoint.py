@@ -20,8 +20,8 @@ import torch
 import torchvision
 
 from fmnist import __version__
-from fmnist.atomic import write_atomically
-from fmnist.errors import UserError
+from fmnist.artifacts.atomic import write_atomically
+from fmnist.errors import UserError, describe, one_line
 
 FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1
@@ -54,20 +54,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # the file is user input: any failure to parse it is a user-facing error
-        detail = " ".join(str(exc).split())
+        detail = one_line(exc, 10_000)
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in detail:
             unsafe = detail[detail.find("Unsupported global"):][:120] if "Unsupported global" in detail else ""
             raise UserError(f"refusing to load {path}: it holds objects that are not plain data, and loading "
                             f"it could run code ({unsafe or 'weights_only=True'})") from None
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                        f"{type(exc).__name__}: {detail[:160]}") from None
+                        f"{type(exc).__name__}: {one_line(detail)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an fmnist checkpoint")
     missing = [key for key in REQUIRED if key not in ckpt]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}: written by another fmnist version?")
     if ckpt["format_version"] != FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format {_brief(ckpt['format_version'])}, this fmnist "
+        raise UserError(f"{path} has checkpoint format {describe(ckpt['format_version'])}, this fmnist "
                         f"({__version__}) reads format {FORMAT_VERSION}")
     _check_fields(ckpt, path)
     return ckpt
@@ -104,7 +104,7 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     """Every field fmnist reads, of the type it reads it as: a wrong one is a one-line error, not a crash."""
 
     def bad(field: str, expected: str) -> UserError:
-        return UserError(f"{path}: field {field!r} is {_brief(ckpt.get(field))}, expected {expected}")
+        return UserError(f"{path}: field {field!r} is {describe(ckpt.get(field))}, expected {expected}")
 
     model = ckpt["model"]
     if not isinstance(model, dict) or not model or not all(
@@ -132,18 +132,3 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     choices = ckpt.get("choices", {})
     if not isinstance(choices, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in choices.items()):
         raise bad("choices", "a mapping of config group names")
-
-
-def _brief(value: Any) -> str:
-    text = repr(value) if isinstance(value, int | float | str | None) else type(value).__name__
-    return text if len(text) <= 40 else text[:40] + "..."
-
-
-def latest_checkpoint(search_dirs: tuple[Path, ...] = (Path("outputs"), Path("multirun"))) -> Path:
-    """best.pt of the most recent training run under the output directories."""
-    found = [p for d in search_dirs if d.is_dir() for p in d.rglob("best.pt")]
-    if not found:
-        where = " or ".join(f"{d}/" for d in search_dirs)
-        raise UserError(f"no trained model found under {where} (looked for best.pt): train one with "
-                        f"fmnist-train, or pass ckpt=PATH")
-    return max(found, key=lambda p: p.stat().st_mtime)

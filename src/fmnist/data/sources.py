@@ -1,4 +1,4 @@
-"""Reading MNIST, Fashion-MNIST and CIFAR-10 from torchvision's on-disk layout.
+"""Files -> uint8 tensors: MNIST, Fashion-MNIST and CIFAR-10 from torchvision's on-disk layout.
 
 torchvision's classes do the parsing. What this module adds is what they lack offline: files that are
 present are used as they are (a re-packed CIFAR-10 or MNIST copy has other checksums, and torchvision
@@ -27,11 +27,11 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
 
-from fmnist.atomic import ensure_dir, write_atomically
-from fmnist.errors import UserError
+from fmnist.artifacts.atomic import ensure_dir, write_atomically
+from fmnist.config import DatasetSpec
+from fmnist.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
             entry = _CifarUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, RecursionError) as exc:
-        raise UserError(f"{path} is not a CIFAR-10 batch: {_one_line(exc)}") from None
+        raise UserError(f"{path} is not a CIFAR-10 batch: {one_line(exc)}") from None
     if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
         raise UserError(f"{path} is not a CIFAR-10 batch: not a dict of named fields")
     return entry
@@ -148,28 +148,28 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def data_root(dataset: DictConfig) -> Path:
+def data_root(root: str | None) -> Path:
     """dataset.root, else $FMNIST_DATA (through the config), else the user cache directory."""
-    return Path(dataset.root).expanduser() if dataset.root else cache_dir() / "data"
+    return Path(root).expanduser() if root else cache_dir() / "data"
 
 
-def open_dataset(dataset: DictConfig, train: bool, transform: Any = None) -> VisionDataset:
+def open_dataset(name: str, root: str | None, download: bool, train: bool, transform: Any = None) -> VisionDataset:
     """The torchvision dataset for one split, from local files or (if allowed) a verified download."""
-    source = SOURCES[dataset.name]
-    root = data_root(dataset)
-    usable_root = _local_root(source, root)
+    source = SOURCES[name]
+    where = data_root(root)
+    usable_root = _local_root(source, where)
     if usable_root is None:
-        usable_root = _download(source, root, dataset.download)
+        usable_root = _download(source, where, download)
     try:
         return source.cls(str(usable_root), train=train, transform=transform)
     except (RuntimeError, OSError, AssertionError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-        where = usable_root / source.folder
-        raise UserError(f"could not read {source.title} from {where}: {_one_line(exc)}") from None
+        folder = usable_root / source.folder
+        raise UserError(f"could not read {source.title} from {folder}: {one_line(exc)}") from None
 
 
-def load_tensors(dataset: DictConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def load_tensors(dataset: DatasetSpec, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a split once into uint8 images (N, C, H, W) and int64 labels (N,)."""
-    images, labels = _decode(dataset.name, str(data_root(dataset)), bool(dataset.download), train)
+    images, labels = _decode(dataset.name, str(data_root(dataset.root)), dataset.download, train)
     expected = (dataset.channels, dataset.image_size, dataset.image_size)
     if tuple(images.shape[1:]) != expected or images.dtype != torch.uint8:
         raise UserError(
@@ -192,7 +192,7 @@ def check_labels(labels: torch.Tensor, n_images: int, num_classes: int, title: s
 @functools.lru_cache(maxsize=2)
 def _decode(name: str, root: str, download: bool, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Train and validation come from the same file: decode it once per process."""
-    ds = open_dataset(DictConfig({"name": name, "root": root, "download": download}), train)
+    ds = open_dataset(name, root, download, train)
     images = torch.as_tensor(ds.data)
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
@@ -262,7 +262,7 @@ def _read_gzip(src: gzip.GzipFile, packed: Path, source: Source) -> bytes:
     try:
         return src.read(1 << 20)
     except (EOFError, OSError, zlib.error) as exc:
-        raise UserError(f"{source.title}: could not unpack {packed}: {_one_line(exc)}") from None
+        raise UserError(f"{source.title}: could not unpack {packed}: {one_line(exc)}") from None
 
 
 def _check_size(path: Path) -> None:
@@ -281,7 +281,7 @@ def _download(source: Source, root: Path, allowed: bool) -> Path:
         # Constructing the dataset with download=True fetches, verifies and unpacks every split.
         source.cls(str(root), train=True, download=True)
     except (RuntimeError, URLError, OSError) as exc:
-        raise UserError(_missing(source, root, f"the download failed ({_one_line(exc)})")) from None
+        raise UserError(_missing(source, root, f"the download failed ({one_line(exc)})")) from None
     return root
 
 
@@ -295,8 +295,3 @@ def _missing(source: Source, root: Path, why: str) -> str:
         f"Get them from {source.url} into that folder, or set dataset.root (or FMNIST_DATA) "
         f"to a directory that has {source.folder}/"
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(line.strip() for line in text.splitlines()[:3] if line.strip())

@@ -1,0 +1,172 @@
+"""A run directory: the one place that knows its files, and the one writer of each.
+
+    best.pt  last.pt            checkpoints (best validation accuracy; the latest state, to resume from)
+    metrics.json  metrics.csv   per-epoch history, the run's status and summary, its test result
+    curves.png  confusion_matrix.png
+    eval-<split>/               fmnist-eval's eval.json and figures, by default
+    .fmnist.lock                held while a process trains here
+
+A run directory that already holds a run is refused unless the user asked to resume it, so a repeated
+`hydra.run.dir=...` cannot silently replace best.pt; while a run trains it holds an exclusive lock, so a
+second process pointed at it is refused instead of interleaving its checkpoints with the first one's.
+Everything is written through `atomic.write_atomically`: readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmnist.artifacts.atomic import ensure_dir, write_atomically
+from fmnist.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from fmnist.errors import UserError
+
+LAST, BEST = "last.pt", "best.pt"
+METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
+CURVES, CONFUSION = "curves.png", "confusion_matrix.png"
+EVAL_JSON, PER_CLASS, MISCLASSIFIED = "eval.json", "per_class.png", "misclassified.png"
+PREDICTION = "prediction.png"
+LOCK_FILE = ".fmnist.lock"
+RUN_FILES = (LAST, BEST, METRICS_JSON)  # any of them means the directory holds a run
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_s",
+                  "warmup_s")
+OUTPUT_DIRS = (Path("outputs"), Path("multirun"))  # where fmnist-train puts runs by default (conf/train.yaml)
+
+
+class RunDirectoryInUse(UserError):
+    """The directory belongs to another run: nothing may be recorded in it on this run's behalf."""
+
+
+class RunDir:
+    """One training run's directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last, self.best = path / LAST, path / BEST
+
+    def existing_run(self) -> str | None:
+        """The first file that shows this directory already holds a run, if any."""
+        return next((name for name in RUN_FILES if (self.path / name).is_file()), None)
+
+    @contextlib.contextmanager
+    def claim(self, *, resuming: bool) -> Iterator[RunDir]:
+        """Hold the directory for this process; refuse it if another process holds it, or if it holds a
+        run that this one was not asked to resume."""
+        ensure_dir(self.path)
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot use run directory {self.path}: {exc.strerror or exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise RunDirectoryInUse(f"{self.path} is in use by another fmnist-train (pid {holder}): wait for "
+                                        f"it to finish, or choose another hydra.run.dir") from None
+            found = self.existing_run()
+            if found and not resuming:
+                raise RunDirectoryInUse(f"{self.path} already holds a run ({found}): continue it with "
+                                        f"resume=auto, or choose another hydra.run.dir")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    def save_last(self, payload: dict[str, Any]) -> None:
+        save_checkpoint(payload, self.last)
+
+    def save_best(self, payload: dict[str, Any]) -> None:
+        save_checkpoint(payload, self.best)
+
+    def load_best(self, device: torch.device) -> dict[str, Any]:
+        return load_checkpoint(self.best, map_location=device)
+
+    def kept(self) -> str:
+        """For an error message: what survives of the run."""
+        return f"the last good checkpoint is {self.last}" if self.last.exists() else "no checkpoint was written yet"
+
+    def write_history(self, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+        """metrics.csv (one row per epoch) and metrics.json (history plus the run's summary and test result)."""
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: row.get(k) for k in HISTORY_FIELDS} for row in history)  # older runs lack warmup_s
+        write_atomically(self.path / METRICS_CSV, lambda tmp: tmp.write_text(table.getvalue()))
+        self._write_metrics({**summary, **written_by(), "history": history})
+
+    def record_status(self, status: str, error: str | None = None) -> None:
+        """Set metrics.json's status ("running", "failed", "interrupted"), keeping whatever history it has.
+
+        It also records this process id, so a summary can tell a crashed run (its process gone) from a
+        live one. Best effort: an unwritable run directory is already what the error being recorded says.
+        """
+        try:
+            metrics = json.loads((self.path / METRICS_JSON).read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        if not isinstance(metrics, dict):
+            metrics = {}
+        metrics.update({"status": status, **written_by()})
+        if error is not None:
+            metrics["error"] = error
+        metrics.setdefault("history", [])
+        with contextlib.suppress(UserError):
+            self._write_metrics(metrics)
+
+    def _write_metrics(self, metrics: dict[str, Any]) -> None:
+        text = json.dumps(metrics, indent=2) + "\n"
+        write_atomically(self.path / METRICS_JSON, lambda tmp: tmp.write_text(text))
+
+    def write_figures(self, history: list[dict[str, Any]], confusion: torch.Tensor, class_names: list[str],
+                      title: str, test_accuracy: float) -> None:
+        from fmnist.artifacts.plots import plot_confusion, plot_curves  # matplotlib: only when drawing
+
+        plot_curves(history, self.path / CURVES, title=title)
+        plot_confusion(confusion, class_names, self.path / CONFUSION,
+                       title=f"{title}: test accuracy {test_accuracy:.2%}")
+
+
+def written_by() -> dict[str, Any]:
+    """Which process wrote a metrics.json, so a sweep summary can tell a crashed job from a running one."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """(metrics.json, problem): an absent file is no problem (the run has not started), a corrupt one is."""
+    path = run_dir / METRICS_JSON
+    if not path.is_file():
+        return {}, ""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, f"{METRICS_JSON} is unreadable ({type(exc).__name__})"
+    if not isinstance(metrics, dict):
+        return {}, f"{METRICS_JSON} is not a JSON object"
+    return metrics, ""
+
+
+def latest_checkpoint(search_dirs: tuple[Path, ...] = OUTPUT_DIRS) -> Path:
+    """best.pt of the most recent training run under the output directories."""
+    found = [p for d in search_dirs if d.is_dir() for p in d.rglob(BEST)]
+    if not found:
+        where = " or ".join(f"{d}/" for d in search_dirs)
+        raise UserError(f"no trained model found under {where} (looked for {BEST}): train one with "
+                        f"fmnist-train, or pass ckpt=PATH")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def eval_dir(checkpoint: Path, split: str) -> Path:
+    """Where fmnist-eval writes by default: beside the checkpoint, one folder per split."""
+    return checkpoint.parent / f"eval-{split}"

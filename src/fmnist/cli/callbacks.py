@@ -1,0 +1,29 @@
+"""Hydra callbacks (named in conf/train.yaml): the sweep summary, kept current while a --multirun runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fmnist.artifacts.sweep import report, write_summary
+
+
+class SummaryCallback(Callback):
+    """Rewrites the sweep summary after every job and reports it when the --multirun ends.
+
+    Exits with code 1 at the end if any job failed, so scripts notice.
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            write_summary(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir() and report(sweep_dir):
+            sys.exit(1)

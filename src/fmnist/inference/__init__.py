@@ -1,0 +1,1 @@
+"""A trained checkpoint put to use: restored, evaluated, and asked for predictions."""

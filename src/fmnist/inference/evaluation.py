@@ -1,0 +1,74 @@
+"""fmnist-eval's work: a checkpoint on one split, per-class numbers, and the figures that show them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmnist.artifacts.atomic import ensure_dir, write_atomically
+from fmnist.artifacts.plots import plot_confusion, plot_misclassified, plot_per_class
+from fmnist.artifacts.report import class_report, format_report
+from fmnist.artifacts.rundir import CONFUSION, EVAL_JSON, MISCLASSIFIED, PER_CLASS, eval_dir
+from fmnist.config import EvalConfig
+from fmnist.data.batches import load_split, make_batches
+from fmnist.inference.restore import restore
+from fmnist.runtime import show_progress
+from fmnist.train.loop import evaluate
+from fmnist.train.setup import build_loss
+
+log = logging.getLogger("fmnist")
+
+MISCLASSIFIED_SHOWN = 24
+
+
+def run_eval(settings: EvalConfig) -> dict[str, Any]:
+    """Evaluate, print the table, write eval.json and the figures; returns what eval.json holds."""
+    r = restore(settings)
+    cfg, split = r.cfg, settings.split
+    batches = make_batches(cfg.dataset, split, r.device, batch_size=settings.batch_size or cfg.eval_batch_size,
+                           seed=cfg.seed, training=False, loader=cfg.loader, num_workers=cfg.num_workers)
+    result = evaluate(r.model, batches, build_loss(cfg).to(r.device), cfg.dataset.num_classes, device=r.device,
+                      dtype=r.dtype, progress=show_progress(settings.progress), keep_probs=True, desc=split)
+    report = class_report(result.confusion, r.class_names)
+    recorded = (r.ckpt["metrics"].get("test") or {}).get("accuracy")
+    out_dir = ensure_dir(Path(settings.out_dir) if settings.out_dir else eval_dir(r.path, split))
+    summary = {
+        "checkpoint": str(r.path),
+        "split": split,
+        "device": str(r.device),
+        "loss": result.loss,
+        **report,
+        "confusion_matrix": result.confusion.tolist(),
+        "recorded_test_accuracy": recorded,
+    }
+    text = json.dumps(summary, indent=2) + "\n"
+    write_atomically(out_dir / EVAL_JSON, lambda tmp: tmp.write_text(text))
+
+    print(f"{r.title} | {r.path} | split {split} ({result.samples} images) on {r.device}")
+    print(format_report(report, loss=result.loss))
+    if split == "test" and recorded is not None:
+        same = "matches" if recorded == result.accuracy else "DIFFERS FROM"
+        print(f"{same} the test accuracy recorded at training time ({recorded:.2%})")
+
+    title = f"{r.title}, {split} split"
+    plot_per_class(report, out_dir / PER_CLASS, title=f"{title}: per-class accuracy")
+    plot_confusion(result.confusion, r.class_names, out_dir / CONFUSION, title=title)
+    assert result.probs is not None and result.labels is not None
+    images, _ = load_split(cfg.dataset, split, cfg.seed)
+    _plot_most_confident_mistakes(images, result.probs, result.labels, r.class_names, out_dir / MISCLASSIFIED)
+    log.info("wrote %s, %s, %s, %s in %s", EVAL_JSON, PER_CLASS, CONFUSION, MISCLASSIFIED, out_dir)
+    return summary
+
+
+def _plot_most_confident_mistakes(images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
+                                  class_names: list[str], path: Path) -> None:
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:MISCLASSIFIED_SHOWN]
+    plot_misclassified(images[order], [class_names[int(labels[i])] for i in order],
+                       [class_names[int(predicted[i])] for i in order], [float(confidence[i]) for i in order], path,
+                       title=f"Most confidently wrong ({len(wrong)} of {len(labels)} misclassified)")

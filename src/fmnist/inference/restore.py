@@ -1,0 +1,62 @@
+"""A checkpoint back into a config and a model, for fmnist-eval and fmnist-predict.
+
+The file may come from anywhere: `setup.config_from_checkpoint` (the one path from a stored config to
+objects, which resume uses too) allowlists and validates its config, replaces its data directory with the
+user's and sizes its model on the meta device before any memory is spent on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmnist.artifacts.checkpoint import load_checkpoint
+from fmnist.artifacts.rundir import latest_checkpoint
+from fmnist.config import InspectConfig, TrainConfig
+from fmnist.errors import UserError, one_line
+from fmnist.models import Classifier
+from fmnist.runtime import resolve_device, resolve_precision
+from fmnist.train.setup import build_model, config_from_checkpoint
+
+log = logging.getLogger("fmnist")
+
+
+@dataclass
+class Restored:
+    path: Path
+    ckpt: dict[str, Any]
+    cfg: TrainConfig  # the training config, with the user's data directory
+    model: Classifier
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.ckpt["class_names"])
+
+    @property
+    def title(self) -> str:
+        model = self.ckpt.get("choices", {}).get("model", type(self.model).__name__)
+        return f"{model} on {self.cfg.dataset.name}"
+
+
+def restore(settings: InspectConfig) -> Restored:
+    """Load settings.ckpt (default: best.pt of the latest run) and rebuild its model on settings.device."""
+    path = Path(settings.ckpt).expanduser() if settings.ckpt else latest_checkpoint()
+    if not settings.ckpt:
+        log.info("using the latest run's checkpoint: %s", path)
+    ckpt = load_checkpoint(path)
+    overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
+    cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
+    device = resolve_device(settings.device)
+    dtype = resolve_precision(settings.precision or cfg.precision, device)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{path}: its weights do not fit its model config: {one_line(exc)}") from None
+    return Restored(path, ckpt, cfg, model.to(device).eval(), device, dtype)

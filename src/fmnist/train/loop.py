@@ -1,0 +1,192 @@
+"""The only loop over batches: training epochs, evaluation, and the forward pass behind predictions.
+Train, eval and predict all use it; scripts/bench.py and the CUDA tests too.
+
+What one step does is the step runner's business (train/step.py); the loop iterates, counts, times,
+shows progress and offers a stop point after every step. Running sums stay on the device and are read
+back once per epoch (and when the progress bar refreshes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fmnist.data.batches import Batches
+from fmnist.runtime import autocast, synchronize
+from fmnist.train.step import StepRunner
+
+REFRESH_EVERY = 25  # batches between progress-bar updates (each costs one host sync)
+
+
+@dataclass
+class EpochStats:
+    """Running sums of a (possibly partial) epoch: exact, so a resumed epoch ends with the same numbers."""
+
+    loss_sum: float
+    correct: int
+    samples: int
+    seconds: float
+    steps: int
+    completed: bool = True
+    skipped: int = 0  # batches whose loss was NaN/inf, with on_nan=skip_batch
+    warmup_seconds: float = 0.0  # one-time compilation / graph capture at the start, inside `seconds`
+    warmup_samples: int = 0  # the samples trained during that warm-up
+    epoch: int = 0
+    lr: float = math.nan  # the learning rate when the epoch began (a per-step scheduler changes it after)
+
+    @property
+    def loss(self) -> float:
+        """NaN for an epoch that trained on nothing (every batch skipped): never a made-up 0."""
+        return self.loss_sum / self.samples if self.samples else math.nan
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.samples if self.samples else math.nan
+
+    @property
+    def samples_per_s(self) -> float:
+        """Steady-state throughput: the one-time warm-up is left out."""
+        seconds = self.seconds - self.warmup_seconds
+        return (self.samples - self.warmup_samples) / seconds if seconds > 0 else math.nan
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    confusion: torch.Tensor  # (C, C) int64 on the CPU, rows = true class, columns = predicted
+    seconds: float
+    probs: torch.Tensor | None = None  # (N, C) class probabilities, when asked for
+    labels: torch.Tensor | None = None  # (N,)
+
+    @property
+    def samples(self) -> int:
+        return int(self.confusion.sum())
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"epoch {epoch}: the training loss became NaN/inf at step {step} of the epoch")
+        self.epoch, self.step = epoch, step
+
+
+def train_one_epoch(runner: StepRunner, batches: Batches, *, epoch: int, start: EpochStats | None = None,
+                    after_step: Callable[[int, Callable[[], EpochStats]], bool] | None = None,
+                    progress: bool = False, desc: str = "train") -> EpochStats:
+    """One pass over `batches`, one runner step per batch; raises NonFiniteLoss on NaN/inf.
+
+    `start` continues a partial epoch (its batches are skipped, its sums carried on). `after_step` is
+    called after every batch but the last with the step number and a function that reads the stats so
+    far (one host sync, so only when needed); it returns True to stop early, and the result is then a
+    partial epoch (completed=False) that a later call can continue. The runner's first `warmup_steps`
+    steps (compilation, graph capture) are timed apart (one host sync), so that samples/s is the
+    steady state and the one-time cost is reported as such.
+    """
+    runner.net.train()
+    lr = start.lr if start is not None else runner.optimizer.param_groups[0]["lr"]
+    start = start or EpochStats(0.0, 0, 0, 0.0, 0, epoch=epoch, lr=lr)
+    runner.begin(start.loss_sum, start.correct, start.skipped)
+    seen, step = start.samples, start.steps
+    warmup_seconds, warmup_samples = start.warmup_seconds, start.warmup_samples
+    clock = time.perf_counter()
+
+    def stats(completed: bool) -> EpochStats:
+        loss_sum, correct = runner.totals()
+        return EpochStats(loss_sum.item(), int(correct.item()), seen, start.seconds + time.perf_counter() - clock,
+                          step, completed, runner.skipped, warmup_seconds, warmup_samples, epoch, lr)
+
+    bar = tqdm(runner.batches_from(batches, step), total=len(batches), initial=step, desc=desc,
+               disable=not progress, leave=False, dynamic_ncols=True)
+    for item in bar:
+        step += 1
+        seen += runner(item)
+        if runner.warmup_steps and runner.calls == runner.warmup_steps:
+            synchronize(runner.device)
+            warmup_seconds += time.perf_counter() - clock
+            warmup_samples += seen - start.samples
+        if step % REFRESH_EVERY == 0:
+            now = stats(completed=False)
+            if progress:
+                bar.set_postfix(loss=f"{now.loss:.4f}", acc=f"{now.accuracy:.2%}")
+            if not math.isfinite(now.loss_sum):
+                raise NonFiniteLoss(epoch, step)
+        if after_step is not None and step < len(batches) and after_step(step, lambda: stats(completed=False)):
+            bar.close()
+            return stats(completed=False)
+    bar.close()
+    result = stats(completed=True)
+    if not math.isfinite(result.loss_sum):
+        raise NonFiniteLoss(epoch, step)
+    return result
+
+
+def train_epochs(runner: StepRunner, batches: Batches, first: int, last: int, *, start: EpochStats | None = None,
+                 data_rng: torch.Tensor | None = None,
+                 after_step: Callable[[int, Callable[[], EpochStats]], bool] | None = None,
+                 progress: bool = False) -> Iterator[EpochStats]:
+    """Epochs first..last, each yielded as it ends; a partial epoch (stopped by after_step) ends the run.
+
+    `start` and `data_rng` continue a partial first epoch: its sums, and the augmentation generator's
+    state at the step it stopped. Whatever the caller does between epochs (validate, checkpoint, step an
+    epoch scheduler) happens before the next epoch begins.
+    """
+    for epoch in range(first, last + 1):
+        batches.set_epoch(epoch)
+        if start is not None:
+            batches.set_rng_state(data_rng)
+        stats = train_one_epoch(runner, batches, epoch=epoch, start=start, after_step=after_step,
+                                progress=progress, desc=f"epoch {epoch}/{last}")
+        start = None
+        yield stats
+        if not stats.completed:
+            return
+
+
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with autocast(device, dtype):
+        return model(x).float()
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, x: torch.Tensor, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Class probabilities for a normalised batch (softmax of logits, or exp of log-probabilities: the same)."""
+    model.eval()
+    return _forward(model, x.to(device), device, dtype).softmax(1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
+             num_classes: int, *, device: torch.device, dtype: torch.dtype, progress: bool = False,
+             keep_probs: bool = False, desc: str = "eval") -> EvalResult:
+    """Loss, accuracy and confusion matrix over `batches`; optionally every sample's class probabilities."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
+    probs, labels = [], []
+    start = time.perf_counter()
+    for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = _forward(model, x, device, dtype)
+        loss_sum += loss_fn(out, y) * len(y)
+        confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes * num_classes)
+        if keep_probs:
+            probs.append(out.softmax(1).cpu())
+            labels.append(y.cpu())
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    n = int(confusion.sum())
+    return EvalResult(
+        loss=loss_sum.item() / max(n, 1),
+        accuracy=int(confusion.diag().sum()) / max(n, 1),
+        confusion=confusion,
+        seconds=time.perf_counter() - start,
+        probs=torch.cat(probs) if keep_probs and probs else None,
+        labels=torch.cat(labels) if keep_probs and labels else None,
+    )

@@ -1,0 +1,210 @@
+"""One training run: setup, then the epoch loop (train, validate, checkpoint), then the best weights on the
+test set and the figures.
+
+A run can stop at any step (SIGINT/SIGTERM, a crash) and `resume` continues it from `last.pt` to the same
+weights and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmnist.artifacts.checkpoint import load_checkpoint
+from fmnist.artifacts.report import class_report
+from fmnist.artifacts.rundir import RunDir
+from fmnist.config import TrainConfig
+from fmnist.data.batches import make_batches
+from fmnist.errors import Interrupted, UserError
+from fmnist.runtime import resolve_device, resolve_precision, seed_everything, show_progress
+from fmnist.train.interrupt import StopRequest
+from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
+from fmnist.train.setup import build_training
+from fmnist.train.state import TrainState, resume_source, resume_state, resumed_config
+from fmnist.train.step import make_step
+
+log = logging.getLogger("fmnist")
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    best_epoch: int
+    best_val_acc: float
+    test: dict[str, Any]
+    seconds: float
+
+
+def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None = None) -> RunResult:
+    """Train cfg's model on cfg's dataset (or continue `cfg.resume`) and write every artifact into out_dir.
+
+    The run directory is claimed first (one process at a time, never over another run unless resuming);
+    from then on any failure is recorded in its metrics.json before it propagates.
+    """
+    try:
+        resume_from = resume_source(cfg.resume, out_dir)
+    except UserError as exc:
+        if not RunDir(out_dir).existing_run():  # a fresh directory: say there why this run never started
+            RunDir(out_dir).record_status("failed", str(exc))
+        raise
+    run = RunDir(resume_from.parent if resume_from is not None else out_dir)
+    with run.claim(resuming=bool(cfg.resume)):
+        try:
+            return _train(cfg, run, dict(choices or {}), resume_from)
+        except Interrupted as exc:
+            run.record_status("interrupted", str(exc))
+            raise
+        except UserError as exc:
+            run.record_status("failed", str(exc))
+            raise
+
+
+def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: Path | None) -> RunResult:
+    started = time.perf_counter()
+    resumed = load_checkpoint(resume_from) if resume_from else None
+    if resumed is not None:
+        cfg = resumed_config(resumed, resume_from, cfg)
+        choices = resumed.get("choices", choices)
+    else:
+        run.record_status("running")
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    progress = show_progress(cfg.progress)
+    seed_everything(cfg.seed)
+
+    def batches(split: str, batch_size: int, training: bool = False) -> Any:
+        return make_batches(cfg.dataset, split, device, batch_size=batch_size, seed=cfg.seed, training=training,
+                            loader=cfg.loader, num_workers=cfg.num_workers)
+
+    train_batches = batches("train", cfg.batch_size, training=True)
+    val_batches = batches("val", cfg.eval_batch_size)
+    test_batches = batches("test", cfg.eval_batch_size)  # now: a missing test file is found before training
+    t = build_training(cfg, device, dtype, len(train_batches))
+    state = resume_state(resumed, resume_from, t, train_batches) if resumed is not None else TrainState()
+    runner = make_step(cfg.compile, t, train_batches, device=device, dtype=dtype,
+                       skip_nonfinite=cfg.on_nan == "skip_batch")
+    _log_start(cfg, choices, state, resume_from, run, train_batches.num_samples, val_batches.num_samples, device,
+               dtype, sum(p.numel() for p in t.model.parameters()))
+
+    def checkpoint(status: str, in_progress: EpochStats | None = None) -> dict[str, Any]:
+        return state.checkpoint(t, cfg, choices, status, in_progress=in_progress,
+                                data_rng=train_batches.rng_state() if in_progress is not None else None)
+
+    with StopRequest() as stop:
+        try:
+            for train in train_epochs(runner, train_batches, state.epochs_done + 1, cfg.epochs, start=state.partial,
+                                      data_rng=state.partial_data_rng, progress=progress,
+                                      after_step=_step_hook(cfg, run, stop, checkpoint)):
+                if not train.completed:
+                    run.save_last(checkpoint("interrupted", train))
+                    raise _interrupted(stop, run, f"epoch {train.epoch} step {train.steps}")
+                _check_skipped(cfg, run, train)
+                if t.scheduler is not None and t.scheduler_interval == "epoch":
+                    t.scheduler.step()
+                val = evaluate(t.net, val_batches, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
+                               progress=progress, desc="validate")
+                row = _history_row(train, val)
+                improved = state.add_epoch(row)
+                # best.pt before last.pt: a run killed between the two resumes from the older last.pt and
+                # redoes this epoch, instead of trusting a last.pt whose best.pt was never written.
+                if improved:
+                    run.save_best(checkpoint("running"))
+                run.save_last(checkpoint("running"))
+                run.write_history(state.history, state.summary("running"))
+                _log_epoch(cfg, row, improved)
+                if stop:
+                    raise _interrupted(stop, run, f"the end of epoch {train.epoch}")
+        except NonFiniteLoss as exc:
+            raise UserError(f"{exc}; {run.kept()}. Try a lower optimizer.lr, or on_nan=skip_batch") from None
+
+    best = run.load_best(device)
+    t.model.load_state_dict(best["model"])
+    result = evaluate(t.model, test_batches, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
+                      progress=progress, desc="test")
+    test = test_summary(result, list(cfg.dataset.classes), state.best_epoch)
+    # Figures first, "completed" last: a run whose artifacts were not all written never claims to be done.
+    title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
+    run.write_figures(state.history, result.confusion, list(cfg.dataset.classes), title, result.accuracy)
+    best["metrics"].update(test=test, status="completed")
+    run.save_best(best)
+    summary = {**state.summary("completed"), "test": test, "seconds": time.perf_counter() - started}
+    run.write_history(state.history, summary)
+    return RunResult(run.path, state.best_epoch, state.best_val_acc, test, summary["seconds"])
+
+
+def _step_hook(cfg: TrainConfig, run: RunDir, stop: StopRequest,
+               checkpoint: Callable[..., dict[str, Any]]) -> Callable[[int, Callable[[], EpochStats]], bool]:
+    """After each step: stop when a signal came; write last.pt every `checkpoint_every_steps` steps."""
+
+    def after_step(step: int, snapshot: Callable[[], EpochStats]) -> bool:
+        if stop:
+            return True
+        if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+            now = snapshot()
+            if not math.isfinite(now.loss_sum):  # never save diverged weights as the last good state
+                raise NonFiniteLoss(now.epoch, step)
+            run.save_last(checkpoint("running", now))
+        return False
+
+    return after_step
+
+
+def _check_skipped(cfg: TrainConfig, run: RunDir, train: EpochStats) -> None:
+    if not train.skipped:
+        return
+    log.warning("epoch %d: skipped %d batches with a NaN/inf loss (on_nan=skip_batch)", train.epoch, train.skipped)
+    limit = cfg.skip_batch_limit
+    if train.samples == 0 or train.skipped > limit * train.steps:
+        raise UserError(f"epoch {train.epoch}: the training loss was NaN/inf in {train.skipped} of {train.steps} "
+                        f"batches (more than skip_batch_limit={limit}); {run.kept()}. Try a lower optimizer.lr")
+
+
+def _history_row(train: EpochStats, val: EvalResult) -> dict[str, Any]:
+    """One epoch's line of metrics.csv / metrics.json."""
+    return {"epoch": train.epoch, "train_loss": train.loss, "train_acc": train.accuracy, "val_loss": val.loss,
+            "val_acc": val.accuracy, "lr": train.lr, "seconds": train.seconds + val.seconds,
+            "samples_per_s": train.samples_per_s, "warmup_s": train.warmup_seconds}
+
+
+def test_summary(result: EvalResult, class_names: list[str], epoch: int) -> dict[str, Any]:
+    """What a checkpoint and metrics.json record of the test set."""
+    report = class_report(result.confusion, class_names)
+    return {
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "macro_f1": report["macro_f1"],
+        "samples": result.samples,
+        "epoch": epoch,
+        "per_class_accuracy": {row["class"]: row["accuracy"] for row in report["classes"]},
+    }
+
+
+def _log_start(cfg: TrainConfig, choices: dict[str, str], state: TrainState, resume_from: Path | None, run: RunDir,
+               n_train: int, n_val: int, device: Any, dtype: Any, n_params: int) -> None:
+    if resume_from is not None:
+        partial = state.partial
+        log.info("resuming %s: %d epochs done%s", resume_from, state.epochs_done,
+                 f", epoch {state.epochs_done + 1} at step {partial.steps}" if partial else "")
+    log.info("%s: %d train / %d val images | model %s (%s parameters) | optimizer %s lr %g | %s %s | loader %s",
+             cfg.dataset.name, n_train, n_val, choices.get("model", "?"), f"{n_params:,}",
+             choices.get("optimizer", "?"), cfg.optimizer["lr"], device, str(dtype).removeprefix("torch."),
+             cfg.loader)
+    log.info("run directory: %s", run.path)
+
+
+def _log_epoch(cfg: TrainConfig, row: dict[str, Any], improved: bool) -> None:
+    warmup = f" (incl. {row['warmup_s']:.1f}s one-time {cfg.compile} warm-up)" if row["warmup_s"] else ""
+    log.info("epoch %d/%d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | lr %.2e | %.1fs%s | "
+             "%s samples/s", row["epoch"], cfg.epochs, row["train_loss"], 100 * row["train_acc"], row["val_loss"],
+             100 * row["val_acc"], " *" if improved else "", row["lr"], row["seconds"], warmup,
+             f"{row['samples_per_s']:,.0f}")
+
+
+def _interrupted(stop: StopRequest, run: RunDir, where: str) -> Interrupted:
+    return Interrupted(f"stopped by {stop.name} at {where}; saved {run.last}. Resume with: "
+                       f"fmnist-train hydra.run.dir={run.path} resume=auto", stop.signum or 2)

@@ -1,0 +1,170 @@
+"""From config to objects: model, loss, optimizer and scheduler, all through Hydra's `_target_`; and the
+one way back from a checkpoint's stored config to a config that may be built.
+
+Instantiation errors (a bad keyword, an impossible value torch rejects) become UserErrors naming the
+config group, so a typo in an override reads as a config problem, not a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from torch import nn
+
+from fmnist.artifacts.allowlist import check_stored_config
+from fmnist.config import TrainConfig, stored_train_config
+from fmnist.errors import UserError, one_line
+from fmnist.models import Classifier
+
+FUSED = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}
+CAPTURABLE = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.RMSprop"}
+
+# Losses that take log-probabilities rather than logits: the model then ends in log-softmax.
+LOG_PROB_LOSSES = {"torch.nn.NLLLoss", "torch.nn.modules.loss.NLLLoss"}
+
+
+def _make(group: str, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return instantiate(node, *args, **kwargs)
+    except InstantiationException as exc:
+        raise UserError(f"{group}: {one_line(exc.__cause__ or exc, 400)}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{group}: {one_line(exc, 400)}") from None
+
+
+def build_model(cfg: TrainConfig) -> Classifier:
+    """The model named by cfg.model, sized from the dataset, with the output the loss expects."""
+    return _make("model", cfg.model, log_probs=cfg.loss.get("_target_") in LOG_PROB_LOSSES)
+
+
+def build_loss(cfg: TrainConfig) -> nn.Module:
+    return _make("loss", cfg.loss)
+
+
+def build_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """cfg.optimizer over the parameters, with the fused kernels where the optimizer has them.
+
+    Fused is no shortcut for speed tests only: on a CPU it trains the mlp and the feedforward net markedly
+    faster (docs/benchmarks.md). With compile=cudagraph the state is made capturable.
+    """
+    factory: Callable[..., torch.optim.Optimizer] = _make("optimizer", cfg.optimizer)
+    target = cfg.optimizer.get("_target_")
+    extra: dict[str, Any] = {}
+    if device.type in ("cpu", "cuda") and target in FUSED:
+        extra["fused"] = True
+    if device.type == "cuda" and cfg.compile == "cudagraph" and target in CAPTURABLE:
+        extra["capturable"] = True
+    try:
+        return factory(params, **extra)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"optimizer: {one_line(exc, 400)}") from None
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+                    ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, str]:
+    """The scheduler and whether it steps per `epoch` or per `step` (batch)."""
+    node = dict(cfg.scheduler)
+    interval = node.pop("interval", "epoch")
+    if "_target_" not in node:
+        return None, interval
+    if node.get("steps_per_epoch") == "???":
+        node["steps_per_epoch"] = steps_per_epoch
+    return _make("scheduler", node, optimizer), interval
+
+
+def use_channels_last(model: nn.Module, device: torch.device, setting: bool | str) -> bool:
+    """Whether conv layers should run in channels-last memory format.
+
+    auto: on CUDA for any conv model (tensor cores want NHWC); on the CPU only when every conv is at least
+    16 channels wide: measured there, the 32-64-128 cnn trains faster in it and the 4-4 bn_cnn slower
+    (docs/benchmarks.md).
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if setting != "auto":
+        return bool(setting) and bool(convs)
+    if not convs:
+        return False
+    return device.type == "cuda" or min(c.out_channels for c in convs) >= 16
+
+
+@dataclass
+class Training:
+    """The objects a run trains with. `net` is what the loop calls (torch.compile'd for compile=torch),
+    `model` the plain module whose weights checkpoints keep."""
+
+    model: Classifier
+    net: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scheduler_interval: str  # "epoch" or "step"
+    scaler: torch.amp.GradScaler | None  # fp16 loss scaling
+
+    def state_dicts(self) -> dict[str, Any]:
+        """What a checkpoint keeps of these objects to continue exactly."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dicts(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def build_training(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, steps_per_epoch: int) -> Training:
+    """Model (memory format, compile mode), loss, optimizer, scheduler and loss scaler as the config asks.
+
+    fmnist-train and scripts/bench.py both build through here, so the benchmark measures what users run.
+    """
+    model = build_model(cfg).to(device)
+    if use_channels_last(model, device, cfg.channels_last):
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if cfg.compile == "torch" else model
+    optimizer = build_optimizer(cfg, model.parameters(), device)
+    scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+    return Training(model, net, build_loss(cfg).to(device), optimizer, scheduler, interval, scaler)
+
+
+def check_weights_fit(cfg: TrainConfig, weights: dict[str, torch.Tensor], source: str) -> None:
+    """The config's model has exactly the stored weights' names and shapes, checked on the meta device.
+
+    A crafted config could ask for a model of any size; sizing it without memory first means the model
+    built for real is never larger than the weights the file actually holds.
+    """
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in weights.items()}
+    if shapes != stored:
+        differ = sorted(set(shapes) ^ set(stored)) or [k for k in shapes if shapes[k] != stored[k]]
+        raise UserError(f"{source}: the stored weights do not fit its model config (first difference: "
+                        f"{one_line(differ[0], 80)})")
+
+
+def config_from_checkpoint(ckpt: dict[str, Any], path: Path, trusted: frozenset[str], overrides: dict[str, Any]
+                           ) -> TrainConfig:
+    """The one way from a checkpoint back to a config that may be built (eval, predict and resume).
+
+    The stored config is allowlisted before OmegaConf or Hydra see it, validated like a user's, given
+    `overrides` (dataset.root is always the caller's, never the file's) and checked against the stored
+    weights on the meta device.
+    """
+    check_stored_config(ckpt["config"], trusted, source=str(path))
+    try:
+        cfg = stored_train_config(ckpt["config"], overrides)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    if list(cfg.dataset.classes) != ckpt["class_names"]:
+        raise UserError(f"{path}: its class_names do not match its config's dataset.classes")
+    check_weights_fit(cfg, ckpt["model"], str(path))
+    return cfg

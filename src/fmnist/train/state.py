@@ -1,0 +1,134 @@
+"""Where a run stands, and the rules for continuing one: TrainState <-> checkpoint, random generators, resume.
+
+A checkpoint holds the objects' own state (model, optimizer, scheduler, scaler), this TrainState (history,
+best epoch, a partly trained epoch) and every random generator, so that a run resumed from any step ends
+with the same weights and metrics as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmnist.artifacts.rundir import LAST
+from fmnist.config import TrainConfig, lookup
+from fmnist.data.batches import Batches
+from fmnist.errors import UserError, one_line
+from fmnist.train.loop import EpochStats
+from fmnist.train.setup import Training, config_from_checkpoint
+
+# Keys a resumed run may change; everything else comes from the checkpoint, so the run stays the same run.
+RESUMABLE_OVERRIDES = ("epochs", "device", "progress", "num_workers", "threads", "checkpoint_every_steps",
+                       "on_nan", "skip_batch_limit", "dataset.root", "dataset.download")
+HISTORY_NUMBERS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+@dataclass
+class TrainState:
+    """The run's progress besides the objects' weights: what it needs to continue, and what it reports."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = -1.0
+    epochs_done: int = 0
+    partial: EpochStats | None = None  # an epoch stopped part-way, continued on resume
+    partial_data_rng: torch.Tensor | None = None  # the augmentation generator's state at that step
+
+    def add_epoch(self, row: dict[str, Any]) -> bool:
+        """Record a finished epoch; True if its validation accuracy is the best so far."""
+        self.history.append(row)
+        self.epochs_done = row["epoch"]
+        self.partial, self.partial_data_rng = None, None
+        improved = row["val_acc"] > self.best_val_acc
+        if improved:
+            self.best_epoch, self.best_val_acc = row["epoch"], row["val_acc"]
+        return improved
+
+    def summary(self, status: str) -> dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc, "test": None, "status": status}
+
+    def checkpoint(self, training: Training, cfg: TrainConfig, choices: dict[str, str], status: str, *,
+                   in_progress: EpochStats | None = None, data_rng: torch.Tensor | None = None) -> dict[str, Any]:
+        """Everything needed to continue exactly from here (mid-epoch when `in_progress` is given)."""
+        return {
+            **training.state_dicts(),
+            "epoch": self.epochs_done,
+            "partial": {"stats": asdict(in_progress), "lr": in_progress.lr, "data_rng": data_rng}
+            if in_progress is not None else None,
+            "config": cfg.resolved,
+            "choices": choices,
+            "class_names": list(cfg.dataset.classes),
+            "metrics": {"history": self.history, **self.summary(status)},
+            "rng": rng_state(),
+        }
+
+
+def resume_source(setting: str | None, out_dir: Path) -> Path | None:
+    """resume=auto: this run directory's last.pt if there is one; resume=PATH: a checkpoint or a run dir."""
+    if not setting:
+        return None
+    if setting == "auto":
+        candidate = out_dir / LAST
+        return candidate if candidate.is_file() else None
+    path = Path(setting).expanduser()
+    path = path / LAST if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"resume={setting}: there is no checkpoint at {path}")
+    return path
+
+
+def resumed_config(ckpt: dict[str, Any], path: Path, current: TrainConfig) -> TrainConfig:
+    """The checkpoint's own config, with only the keys a resumed run may change taken from `current`."""
+    overrides = {key: lookup(current.resolved, key) for key in RESUMABLE_OVERRIDES}
+    cfg = config_from_checkpoint(ckpt, path, current.trust, overrides)
+    if cfg.epochs < ckpt["epoch"]:
+        raise UserError(f"epochs={cfg.epochs} is fewer than the {ckpt['epoch']} epochs the checkpoint has done")
+    return cfg
+
+
+def resume_state(ckpt: dict[str, Any], path: Path, training: Training, batches: Batches) -> TrainState:
+    """Load the checkpoint's state into `training` and the random generators, and return its TrainState.
+
+    The file's state is checked by use: any part that does not fit this run is a one-line refusal.
+    """
+    try:
+        training.load_state_dicts(ckpt)
+        metrics = ckpt["metrics"]
+        state = TrainState(list(metrics["history"]), metrics["best_epoch"], metrics["best_val_acc"], ckpt["epoch"])
+        for row in state.history:
+            [float(row[k]) for k in HISTORY_NUMBERS]
+        if ckpt.get("partial"):
+            partial = ckpt["partial"]
+            state.partial = EpochStats(**{**partial["stats"], "epoch": ckpt["epoch"] + 1, "lr": float(partial["lr"])})
+            state.partial_data_rng = partial["data_rng"]
+            batches.set_rng_state(state.partial_data_rng)  # checked now; set again when the epoch starts
+        set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise UserError(f"cannot resume from {path}: its training state does not fit this run "
+                        f"({type(exc).__name__}: {one_line(exc, 120)})") from None
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, as plain data a weights_only load accepts."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
