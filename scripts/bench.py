@@ -13,12 +13,20 @@ Every loop runs --repeats times in interleaved rounds; the table shows medians a
 Then time-to-accuracy: seconds of training (evaluation excluded) until the test accuracy reaches the target,
 with the default settings and with the faster alternative (CPU: bf16; CUDA: compile=cudagraph).
 Prints markdown tables; --json writes every number too.
+
+    python scripts/bench.py --root DATA --load --pairs mlp:fashion,cnn:fashion
+
+--load measures a shared CPU instead: each pair alone, two of it side by side (as parallel sweep jobs or
+two users' runs are), and beside two busy non-torch processes, with OpenMP's default and the passive wait
+policy that fmnist's CLIs set; each training runs in its own process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,7 +42,7 @@ from fmnist.config import CONFIG_DIR, TrainConfig, train_config
 from fmnist.data.batches import Batches, TensorBatches, load_split, make_batches
 from fmnist.data.sources import open_dataset
 from fmnist.data.transforms import Normalize
-from fmnist.runtime import resolve_precision, synchronize
+from fmnist.runtime import resolve_precision, synchronize, usable_cores
 from fmnist.train.loop import EpochStats, evaluate, train_epochs
 from fmnist.train.setup import Training, build_loss, build_model, build_training
 from fmnist.train.step import make_step
@@ -189,6 +197,64 @@ def train_and_test(cfg: TrainConfig, device: torch.device, max_epochs: int, targ
     return (float("nan") if target is not None else spent), max_epochs, acc
 
 
+# ---- --load: the same training beside other work on the same CPU ------------------------------------------
+
+LOAD_CASES = (  # (label, OMP_WAIT_POLICY or None for OpenMP's default, threads per training, trainings, busy)
+    ("alone, 2 threads, OpenMP default", None, 2, 1, 0),
+    ("alone, 2 threads, passive", "PASSIVE", 2, 1, 0),
+    ("2 side by side, 2 threads each, OpenMP default", None, 2, 2, 0),
+    ("2 side by side, 2 threads each, passive", "PASSIVE", 2, 2, 0),
+    ("2 side by side, 1 thread each (threads=auto in a parallel sweep)", "PASSIVE", 1, 2, 0),
+    ("beside 2 busy processes, 2 threads, OpenMP default", None, 2, 1, 2),
+    ("beside 2 busy processes, 2 threads, passive", "PASSIVE", 2, 1, 2),
+)
+
+
+def worker(pair: str, root: str, seconds: float) -> None:
+    """Train pair on the CPU for about `seconds` after one warm-up epoch; print samples/s as JSON."""
+    model, dataset = pair.split(":")
+    cfg = config(model, dataset, root, "cpu")
+    images, labels = load_split(cfg.dataset, "train", cfg.seed)
+    train = TensorBatches(images[:8192], labels[:8192], cfg.batch_size,
+                          Normalize(cfg.dataset.mean, cfg.dataset.std, torch.device("cpu")), shuffle=True,
+                          seed=cfg.seed)
+    _, epochs = engine_epochs(cfg, train, torch.device("cpu"), 1_000_000)
+    samples, spent = 0, 0.0
+    for stats in epochs:
+        if stats.epoch > 1:  # the first epoch is the warm-up
+            samples, spent = samples + stats.samples, spent + stats.seconds
+        if spent >= seconds:
+            break
+    print(json.dumps({"samples_per_s": samples / spent}))
+
+
+def load_rows(pair: str, root: str, seconds: float) -> list[dict[str, object]]:
+    """Each case's samples/s per training, and its ratio to the same training alone with the same policy."""
+    rows: list[dict[str, object]] = []
+    alone: dict[str | None, float] = {}
+    for label, policy, threads, trainings, busy in LOAD_CASES:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        env["OMP_NUM_THREADS"] = str(threads)
+        if policy:
+            env["OMP_WAIT_POLICY"] = policy
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            procs = [subprocess.Popen([sys.executable, __file__, "--root", root, "--worker", pair,
+                                       "--worker-seconds", str(seconds)], env=env, stdout=subprocess.PIPE, text=True)
+                     for _ in range(trainings)]
+            rates = [json.loads(p.communicate()[0])["samples_per_s"] for p in procs]
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        if trainings == 1 and busy == 0:
+            alone[policy] = rates[0]
+        each = median(rates)
+        rows.append({"pair": pair, "case": label, "samples_per_s": each, "ratio": each / alone[policy]})
+        print(f"  {pair} {label}: {each:,.0f} samples/s", file=sys.stderr)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data directory in torchvision's layout")
@@ -201,7 +267,26 @@ def main() -> int:
     parser.add_argument("--accuracy-epochs", type=int, default=3,
                         help="epochs for the same-accuracy check (mlp, Fashion-MNIST; 0: skip)")
     parser.add_argument("--json", type=Path, help="also write every number here")
+    parser.add_argument("--load", action="store_true",
+                        help="only the CPU under load: each pair alone, two side by side, beside two busy processes")
+    parser.add_argument("--load-seconds", type=float, default=15.0, help="seconds each --load training measures")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.root, args.worker_seconds)
+        return 0
+    if args.load:
+        load = [row for pair in args.pairs.split(",") for row in load_rows(pair, args.root, args.load_seconds)]
+        print(f"\nUnder load ({usable_cores()} usable cores; torch {torch.__version__}; engine b64, 8,192 images,"
+              f" {args.load_seconds:.0f} s per training after a warm-up epoch)\n")
+        print("| model:dataset | case | samples/s per training | x the same run alone |")
+        print("| --- | --- | ---: | ---: |")
+        for r in load:
+            print(f"| {r['pair']} | {r['case']} | {r['samples_per_s']:,.0f} | {r['ratio']:.2f} |")
+        if args.json:
+            args.json.write_text(json.dumps({"load": load}, indent=2))
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench.py: --device cuda was asked for, but torch sees no CUDA device", file=sys.stderr)
         return 2

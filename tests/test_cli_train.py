@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,25 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     proc = cli("fmnist-train", override, cwd=tmp_path, check=False)
     assert expected in one_line_error(proc)
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.pt"))
+
+
+@pytest.mark.parametrize(("tool", "args", "code"), [
+    ("train", ["--help"], 0), ("train", ["--cfg", "job"], 0), ("train", ["batch_size=0"], 2),
+    ("train", ["modle=cnn"], 2), ("eval", ["--help"], 0), ("predict", ["index=-1"], 2),
+])
+def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_path: Path, tool: str,
+                                                                         args: list[str], code: int):
+    """What answers at once: nothing heavy is imported and no run directory appears."""
+    script = (f"import sys; sys.argv = ['fmnist-{tool}', *{args!r}]\n"
+              f"from fmnist.cli.{tool} import main\n"
+              "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
+              "heavy = sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules)\n"
+              "print('HEAVY', heavy, 'CODE', code)")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert f"HEAVY [] CODE {code}" in proc.stdout, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    if code == 2:
+        assert len(proc.stderr.strip().splitlines()) == 1 and "error:" in proc.stderr
 
 
 def test_unknown_options_and_keys_in_eval_and_predict_are_one_line_too(tmp_path: Path):

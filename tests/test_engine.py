@@ -82,6 +82,25 @@ def test_warmup_steps_are_timed_apart_from_the_steady_state():
     assert again.warmup_samples == 0 and again.warmup_seconds == 0
 
 
+def test_without_a_bar_a_plain_progress_line_is_logged(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture):
+    from fmnist.train import loop
+
+    cfg = settings("model=mlp", "dataset=mnist", "batch_size=40")
+    _, batches, step = setup(cfg)
+    monkeypatch.setattr(loop, "LOG_EVERY", 0.0)  # every step, instead of every 30 s
+    with caplog.at_level("INFO", logger="fmnist"):
+        train_one_epoch(step, batches, epoch=1, desc="epoch 1/3")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == len(batches) and "\r" not in "".join(lines)
+    assert lines[0].startswith(f"epoch 1/3: step 1/{len(batches)} | ") and "samples/s | ETA " in lines[0]
+    assert lines[-1].endswith("ETA 0m00s")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fmnist"):
+        train_one_epoch(step, batches, epoch=2, progress=True)  # a bar on a terminal instead: no lines
+    assert not caplog.records
+
+
 def test_an_epoch_that_trained_nothing_reports_nan_not_zero():
     empty = EpochStats(0.0, 0, 0, 1.0, 3, skipped=3)
     assert empty.loss != empty.loss and empty.accuracy != empty.accuracy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,12 +85,25 @@ def test_runs_started_together_never_share_a_directory(tmp_path: Path):
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
                     reason="hydra-joblib-launcher is not installed (pip install .[sweep])")
-def test_parallel_jobs_with_joblib(tmp_path: Path):
+def test_parallel_jobs_never_ask_for_more_threads_than_cores(tmp_path: Path):
     cli("fmnist-train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp",
         "optimizer.lr=1e-3,2e-3", "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
     rows = summary(tmp_path / "sweep")
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
-    assert "cpu threads 1" in (tmp_path / "sweep" / "0" / "train.log").read_text()
+    cores = len(os.sched_getaffinity(0))
+    assert f"cpu threads {max(1, cores // 2)} (threads=auto, {cores} usable cores, 2 jobs side by side, " \
+           "OMP_WAIT_POLICY=PASSIVE)" in (tmp_path / "sweep" / "0" / "train.log").read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+                    reason="hydra-joblib-launcher is not installed (pip install .[sweep])")
+def test_the_parallel_launcher_fits_the_jobs_to_the_cores(tmp_path: Path):
+    cli("fmnist-train", "--multirun", "hydra/launcher=parallel", "threads=1", "model=mlp", "optimizer.lr=1e-3,2e-3",
+        "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert all(r["status"] == "completed" for r in summary(tmp_path / "sweep"))
+    jobs = len(os.sched_getaffinity(0))  # one thread each: as many jobs as cores
+    assert f"cpu threads 1 (threads=1, {jobs} usable cores, {jobs} job" in \
+           (tmp_path / "sweep" / "1" / "train.log").read_text()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,

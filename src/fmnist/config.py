@@ -33,9 +33,16 @@ def config_dir() -> Path:
 
 CONFIG_DIR = str(config_dir())
 
+def sweep_jobs(threads: int | str) -> int:
+    """Parallel sweep jobs that fit the usable cores at `threads` each (auto: one thread per job)."""
+    per_job = threads if isinstance(threads, int) and threads > 0 else 1
+    return max(1, len(os.sched_getaffinity(0)) // per_job)
+
+
 # Used in hydra.run.dir / hydra.sweep.dir: the process id makes run directories unique on this machine.
 if not OmegaConf.has_resolver("fmnist.pid"):
     OmegaConf.register_new_resolver("fmnist.pid", os.getpid)
+    OmegaConf.register_new_resolver("fmnist.sweep_jobs", sweep_jobs)  # conf/hydra/launcher/parallel.yaml
 
 _MISSING = object()
 

@@ -84,8 +84,18 @@ def show_progress(setting: bool | str) -> bool:
     return bool(setting)
 
 
-def configure_threads(setting: int | str, parallel_jobs: int = 1) -> int:
-    """CPU threads for this process: `auto` shares the cores among jobs that run side by side."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs)) if setting == "auto" else int(setting)
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(setting: int | str, processes: int = 1) -> int:
+    """CPU threads for this process. `auto` divides the usable cores among the `processes` that run side by
+    side (parallel sweep jobs), so that processes x threads never exceeds the cores: beyond that, OpenMP's
+    threads wait on each other and every process slows down many times over (docs/benchmarks.md)."""
+    threads = max(1, usable_cores() // max(1, processes)) if setting == "auto" else int(setting)
     torch.set_num_threads(threads)
     return threads

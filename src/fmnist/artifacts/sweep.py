@@ -202,4 +202,4 @@ def parallel_jobs(launcher_target: str, n_jobs: int | None) -> int:
     if "joblib" not in launcher_target.lower():
         return 1
     n = int(n_jobs or 1)
-    return (os.cpu_count() or 1) if n < 0 else n
+    return max(1, (len(os.sched_getaffinity(0)) + 1 + n)) if n < 0 else n  # joblib: -1 all cores, -2 all but one

@@ -10,8 +10,6 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmnist.artifacts.sweep import report, write_summary
-
 
 class SummaryCallback(Callback):
     """Rewrites the sweep summary after every job and reports it when the --multirun ends.
@@ -21,9 +19,13 @@ class SummaryCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
+            from fmnist.artifacts.sweep import write_summary
+
             write_summary(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from fmnist.artifacts.sweep import report
+
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir() and report(sweep_dir):
             sys.exit(1)

@@ -1,8 +1,11 @@
-"""What every entry point shares: a Hydra app whose every user mistake is one line with exit code 2.
+"""What every entry point shares: a Hydra app whose every user mistake is one line with exit code 2, found
+before anything is created or imported that the mistake does not need.
 
 Hydra reports its own errors (an unknown group option, a mistyped key, an unparsable override, a run
 directory it cannot create) as ten lines and exit code 1. The entry points ask Hydra to raise them instead
-(HYDRA_FULL_ERROR) and word them here, with the valid choices and the closest match.
+(HYDRA_FULL_ERROR) and word them here, with the valid choices and the closest match. A single run's config
+is composed and validated before Hydra starts the run, so a rejected config leaves no run directory; and
+this module imports neither torch nor matplotlib, so `--help`, `--cfg job` and a config error answer at once.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from typing import Any, TypeVar
 
 import hydra
 import yaml
+from hydra._internal.utils import get_args_parser
 from hydra.errors import (
     ConfigCompositionException,
     HydraException,
     MissingConfigException,
     OverrideParseException,
 )
+from omegaconf import DictConfig
 
 from fmnist.config import CONFIG_DIR
 from fmnist.errors import UserError
@@ -49,15 +54,21 @@ def fail(prog: str, message: str, code: int = 2) -> Any:
     sys.exit(code)
 
 
-def hydra_app(prog: str, config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
-    """Decorator: the console-script `main()` of a Hydra task function, with Hydra's errors in one line."""
+def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
+              ) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
+    """Decorator: the console-script `main()` of a Hydra task function, with Hydra's errors in one line and
+    a single run's config checked by `check` (config.py's validation) before the run starts."""
 
     def wrap(task: Callable[[Any], Any]) -> Callable[[], None]:
         app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
 
         def main() -> None:
             os.environ["HYDRA_FULL_ERROR"] = "1"  # raise composition errors to us instead of printing them
+            # OpenMP threads that sleep when idle instead of spinning: several torch processes on one CPU
+            # (parallel sweep jobs, a busy laptop) otherwise starve each other. Read when torch loads.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             try:
+                _check_single_run(prog, config_name, check)
                 app()
             except MissingConfigException as exc:
                 fail(prog, _missing_option(exc))
@@ -67,6 +78,10 @@ def hydra_app(prog: str, config_name: str) -> Callable[[Callable[[Any], Any]], C
                 fail(prog, f"cannot parse the overrides ({str(exc).splitlines()[0]}); write them as key=value")
             except HydraException as exc:
                 fail(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            except ValueError as exc:
+                if not str(exc).startswith("Only one of --run"):  # Hydra's word for conflicting flags
+                    raise
+                fail(prog, str(exc))
             except OSError as exc:  # e.g. a hydra.run.dir that cannot be created
                 where = f"{exc.filename}: " if exc.filename else ""
                 fail(prog, f"{where}{exc.strerror or exc}")
@@ -75,6 +90,22 @@ def hydra_app(prog: str, config_name: str) -> Callable[[Callable[[Any], Any]], C
         return main
 
     return wrap
+
+
+def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig], object]) -> None:
+    """Compose and validate the config of a plain run the way Hydra will, so that a rejected one is one line
+    and leaves nothing behind (Hydra creates the run directory before the task sees the config). Sweeps,
+    --help, --cfg and the like go to Hydra as they are: a sweep records each job's failure in its folder."""
+    args = get_args_parser().parse_args()
+    if args.multirun or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or \
+            args.config_path or args.config_name or args.config_dir or args.experimental_rerun:
+        return
+    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra.compose(config_name=config_name, overrides=args.overrides)
+    try:
+        check(cfg)
+    except UserError as exc:
+        fail(prog, str(exc))
 
 
 def _missing_option(exc: MissingConfigException) -> str:

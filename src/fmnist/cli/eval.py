@@ -6,12 +6,13 @@ from omegaconf import DictConfig
 
 from fmnist.cli.common import hydra_app, report_user_errors
 from fmnist.config import eval_config
-from fmnist.inference.evaluation import run_eval
 
 
-@hydra_app("fmnist-eval", "eval")
+@hydra_app("fmnist-eval", "eval", check=eval_config)
 def main(cfg: DictConfig) -> float:
     """Returns the accuracy, so `--multirun` over checkpoints or splits can compare them."""
+    from fmnist.inference.evaluation import run_eval  # torch: only once there is work to do
+
     return report_user_errors("fmnist-eval", lambda: run_eval(eval_config(cfg))["accuracy"])
 
 

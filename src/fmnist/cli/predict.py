@@ -10,11 +10,13 @@ from omegaconf import DictConfig
 
 from fmnist.cli.common import hydra_app, report_user_errors
 from fmnist.config import predict_config
-from fmnist.inference.prediction import run_predict
 
 
-@hydra_app("fmnist-predict", "predict")
+@hydra_app("fmnist-predict", "predict", check=predict_config)
 def main(cfg: DictConfig) -> str:
+    """Returns the predicted class name."""
+    from fmnist.inference.prediction import run_predict  # torch: only once there is work to do
+
     hydra_cfg = HydraConfig.get()
     # In a sweep each job writes its picture into its own job directory instead of one shared file.
     job_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None

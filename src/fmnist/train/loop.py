@@ -8,6 +8,7 @@ back once per epoch (and when the progress bar refreshes).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +23,9 @@ from fmnist.runtime import autocast, synchronize
 from fmnist.train.step import StepRunner
 
 REFRESH_EVERY = 25  # batches between progress-bar updates (each costs one host sync)
+LOG_EVERY = 30.0  # seconds between progress lines when there is no bar (a log file, a cluster job, nohup)
+
+log = logging.getLogger("fmnist")
 
 
 @dataclass
@@ -105,9 +109,13 @@ def train_one_epoch(runner: StepRunner, batches: Batches, *, epoch: int, start: 
 
     bar = tqdm(runner.batches_from(batches, step), total=len(batches), initial=step, desc=desc,
                disable=not progress, leave=False, dynamic_ncols=True)
+    next_line = clock + LOG_EVERY
     for item in bar:
         step += 1
         seen += runner(item)
+        if not progress and time.perf_counter() >= next_line:
+            _log_progress(desc, step - start.steps, step, len(batches), seen - start.samples, clock)
+            next_line = time.perf_counter() + LOG_EVERY
         if runner.warmup_steps and runner.calls == runner.warmup_steps:
             synchronize(runner.device)
             warmup_seconds += time.perf_counter() - clock
@@ -126,6 +134,14 @@ def train_one_epoch(runner: StepRunner, batches: Batches, *, epoch: int, start: 
     if not math.isfinite(result.loss_sum):
         raise NonFiniteLoss(epoch, step)
     return result
+
+
+def _log_progress(desc: str, done: int, step: int, total: int, samples: int, clock: float) -> None:
+    """One plain line instead of a bar: where the epoch is, how fast, and when it will end."""
+    elapsed = time.perf_counter() - clock
+    eta = (total - step) * elapsed / max(done, 1)
+    log.info("%s: step %d/%d | %s samples/s | ETA %dm%02ds", desc, step, total, f"{samples / elapsed:,.0f}",
+             eta // 60, eta % 60)
 
 
 def train_epochs(runner: StepRunner, batches: Batches, first: int, last: int, *, start: EpochStats | None = None,
