@@ -197,6 +197,46 @@ def train_and_test(cfg: TrainConfig, device: torch.device, max_epochs: int, targ
     return (float("nan") if target is not None else spent), max_epochs, acc
 
 
+# ---- --records: the speed presets over several seeds ---------------------------------------------------
+
+RECORDS = ("fashion_speedrun", "mnist_speedrun", "cifar10_speedrun")
+
+
+def preset(name: str, root: str, device: str, seed: int) -> TrainConfig:
+    overrides = [f"experiment={name}", f"dataset.root={root}", f"device={device}", f"seed={seed}", "progress=false"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return train_config(compose(config_name="train", overrides=overrides))
+
+
+def record_run(cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
+    """One preset run as fmnist-train trains it: (training seconds, evaluation excluded; test accuracy with
+    the preset's TTA, after the last epoch)."""
+    torch.manual_seed(cfg.seed)
+    train, test = batches(cfg, "train", device, training=True), batches(cfg, "test", device, training=False)
+    t, epochs = engine_epochs(cfg, train, device, cfg.epochs)
+    spent = 0.0
+    for stats in epochs:
+        spent += stats.seconds
+        if t.scheduler is not None and t.scheduler_interval == "epoch":
+            t.scheduler.step()
+    dtype = resolve_precision(cfg.precision, device)
+    acc = evaluate(t.model, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
+                   tta=cfg.tta == "flip").accuracy
+    return spent, acc
+
+
+def records(names: list[str], root: str, device: torch.device, seeds: int) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for name in names:
+        runs = [record_run(preset(name, root, device.type, seed), device) for seed in range(seeds)]
+        accs, secs = [a for _, a in runs], [s for s, _ in runs]
+        rows.append({"preset": name, "seeds": seeds, "acc_mean": sum(accs) / seeds, "acc_min": min(accs),
+                     "acc_std": (sum((a - sum(accs) / seeds) ** 2 for a in accs) / seeds) ** 0.5,
+                     "seconds_mean": sum(secs) / seeds, "runs": runs})
+        print(f"  {name}: {runs}", file=sys.stderr)
+    return rows
+
+
 # ---- --load: the same training beside other work on the same CPU ------------------------------------------
 
 LOAD_CASES = (  # (label, OMP_WAIT_POLICY or None for OpenMP's default, threads per training, trainings, busy)
@@ -270,11 +310,31 @@ def main() -> int:
     parser.add_argument("--load", action="store_true",
                         help="only the CPU under load: each pair alone, two side by side, beside two busy processes")
     parser.add_argument("--load-seconds", type=float, default=15.0, help="seconds each --load training measures")
+    parser.add_argument("--records", nargs="?", const=",".join(RECORDS),
+                        help="only the speed presets (default: every *_speedrun) over --seeds seeds, and the tutorial "
+                             "cnn's time to 91%% on Fashion-MNIST as the reference")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per preset for --records")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.root, args.worker_seconds)
+        return 0
+    if args.records:
+        device = torch.device("cuda" if args.device == "cuda" else "cpu")
+        reference = train_and_test(config("cnn", "fashion", args.root, device.type), device, 10, 0.91)
+        rows = records(args.records.split(","), args.root, device, args.seeds)
+        print(f"\nSpeed presets ({device}; torch {torch.__version__}; {torch.get_num_threads()} threads; training "
+              f"seconds, evaluation excluded; test accuracy with the preset's TTA)\n")
+        print(f"Reference: the tutorial cnn reaches 91% on Fashion-MNIST in {reference[0]:.1f} s ({reference[1]} "
+              f"epochs, {reference[2]:.2%}).\n")
+        print("| preset | seeds | test accuracy mean | std | min | training seconds (mean) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            print(f"| {r['preset']} | {r['seeds']} | {r['acc_mean']:.2%} | {100 * r['acc_std']:.2f} | "
+                  f"{r['acc_min']:.2%} | {r['seconds_mean']:.1f} |")
+        if args.json:
+            args.json.write_text(json.dumps({"reference": reference, "records": rows}, indent=2))
         return 0
     if args.load:
         load = [row for pair in args.pairs.split(",") for row in load_rows(pair, args.root, args.load_seconds)]

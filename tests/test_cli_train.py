@@ -80,8 +80,9 @@ def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...
     ("seed=123456789012345678901234567890", "seed=123456789012345678901234567890 is not valid"),
     ("dataset.mean=[nan]", "dataset.mean=[nan] is not valid"),
     ("optimizer.lr=inf", "optimizer.lr=inf is not valid"),
-    ("model=resnet", "model=resnet is not an option: choose one of bn_cnn, bn_cnn_wide, cnn, feedforward, mlp"),
-    ("model=cnnn", "model=cnnn is not an option: choose one of bn_cnn, bn_cnn_wide, cnn, feedforward, mlp "
+    ("model=resnet", "model=resnet is not an option: choose one of bn_cnn, bn_cnn_wide, cnn, feedforward, mlp, "
+                     "speednet"),
+    ("model=cnnn", "model=cnnn is not an option: choose one of bn_cnn, bn_cnn_wide, cnn, feedforward, mlp, speednet "
                    "(did you mean cnn?)"),
     ("modle=cnn", "modle is not a config key (did you mean model?)"),
     ("optimizer.lrr=0.1", "optimizer.lrr is not a config key (did you mean optimizer.lr?)"),
@@ -142,7 +143,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path: Path):
 
 def test_help_shows_groups_and_options(tmp_path: Path):
     out = cli("fmnist-train", "--help", cwd=tmp_path).stdout
-    assert "model: bn_cnn, bn_cnn_wide, cnn, feedforward, mlp" in out
+    assert "model: bn_cnn, bn_cnn_wide, cnn, feedforward, mlp, speednet" in out
     assert "dataset: cifar10, fashion, mnist" in out
     assert "optimizer: adam, adamw, rmsprop, sgd" in out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import compose
@@ -83,6 +85,20 @@ def test_every_combination_rule_of_eval_and_predict_lives_in_config():
                                                                                            frozenset())
 
 
+PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_experiment_preset_is_a_valid_config(name: str):
+    from fmnist.config import train_config
+
+    cfg = train_config(compose(f"experiment={name}"))
+    if name.endswith("speedrun"):
+        assert cfg.model["_target_"] == "fmnist.models.SpeedNet" and cfg.optimizer["nesterov"] is True
+        assert cfg.tta == ("none" if cfg.dataset.name == "mnist" else "flip")
+        assert not (cfg.dataset.name == "mnist" and cfg.dataset.augment.hflip)  # a mirrored digit is another digit
+
+
 def test_typed_settings_carry_every_validated_value():
     from fmnist.config import Augment, train_config
 
@@ -111,6 +127,7 @@ BAD_VALUES = {
     "resume": ["", 5],
     "checkpoint_every_steps": [-1, "abc", HUGE],
     "on_nan": ["ignore", 0],
+    "tta": ["mirror", 1, None],
     "skip_batch_limit": [-0.1, 1.5, NAN, INF, "abc"],
     "trust": ["mypkg.Net", ["not a name"], [1]],
     "dataset.name": ["svhn", 1],
@@ -130,6 +147,10 @@ BAD_VALUES = {
     "model.channels": [[], [0], [HUGE], "32"],
     "model.dropout": [1.0, -0.1, NAN, INF],
     "model.batch_norm": ["yes", 1],
+    "model.widths": [[], [0], "24", [HUGE]],
+    "model.depth": [0, 65, "2", 1.5],
+    "model.stem_stride": [0, 5, "2"],
+    "model.head_grid": [0, 9, "1"],
     "optimizer.lr": [0.0, -1.0, NAN, INF, "abc"],
     "optimizer.weight_decay": [-1.0, NAN, INF],
     "optimizer.momentum": [1.0, -0.5, NAN],

@@ -123,6 +123,20 @@ def test_evaluate_counts_every_sample_once_in_the_confusion_matrix():
     assert torch.equal(result.probs.argmax(1), predicted) and torch.equal(result.labels, y)
 
 
+def test_flip_tta_averages_the_image_and_its_mirror():
+    cfg = settings("model=speednet", "dataset=fashion")
+    training, _, _ = setup(cfg)
+    test = make_batches(cfg.dataset, "test", CPU, batch_size=50, seed=cfg.seed, training=False)
+    plain = evaluate(training.model, test, training.loss_fn, 10, device=CPU, dtype=torch.float32, keep_probs=True)
+    tta = evaluate(training.model, test, training.loss_fn, 10, device=CPU, dtype=torch.float32, keep_probs=True,
+                   tta=True)
+    x = torch.cat([x for x, _ in test])
+    with torch.no_grad():
+        model = training.model.eval()
+        expected = ((model(x) + model(x.flip(3))) / 2).softmax(1)
+    assert torch.allclose(tta.probs, expected, atol=1e-5) and not torch.allclose(plain.probs, expected, atol=1e-3)
+
+
 def test_the_captured_step_needs_a_cuda_device():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -141,6 +141,7 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("checkpoint_every_steps", lambda v: v is None or _int_at_least(0)(v), "an integer in [0, 2^63) (0: off)",
          required=False),
     Rule("on_nan", _one_of("stop", "skip_batch"), "stop or skip_batch", required=False),
+    Rule("tta", _one_of("none", "flip"), "none or flip (average with the mirrored image)", required=False),
     Rule("skip_batch_limit", _number_in(0, 1, hi_open=False), "a share of an epoch's batches in [0, 1]",
          required=False),
     TRUST,
@@ -162,6 +163,10 @@ TRAIN_RULES: tuple[Rule, ...] = (
          required=False),
     Rule("model.dropout", _number_in(0, 1), "a number in [0, 1)", required=False),
     Rule("model.batch_norm", _is_bool, "true or false", required=False),
+    Rule("model.widths", _int_list(1), "a non-empty list of positive integers, e.g. [24,48,96]", required=False),
+    Rule("model.depth", _int_at_least(1, 64), "an integer in [1, 64]", required=False),
+    Rule("model.stem_stride", _int_at_least(1, 4), "an integer in [1, 4]", required=False),
+    Rule("model.head_grid", _int_at_least(1, 8), "an integer in [1, 8]", required=False),
     Rule("optimizer.lr", _number_in(0, INF, lo_open=True), "a number > 0"),
     Rule("optimizer.weight_decay", _number_in(0, INF, hi_open=True), "a number >= 0", required=False),
     Rule("optimizer.momentum", _number_in(0, 1), "a number in [0, 1)", required=False),
@@ -186,6 +191,7 @@ INSPECT_RULES: tuple[Rule, ...] = (
 )
 EVAL_RULES: tuple[Rule, ...] = INSPECT_RULES + (
     Rule("split", _one_of("test", "val", "train"), "test, val or train"),
+    Rule("tta", lambda v: v in (None, "none", "flip"), "null (as in training), none or flip", required=False),
     Rule("batch_size", _OPTIONAL_INT, "null or an integer in [1, 2^31)"),
     Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
 )
@@ -312,6 +318,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     on_nan: str = "stop"
     skip_batch_limit: float = 0.25
+    tta: str = "none"  # test-time augmentation of the final test: none | flip
     resume: str | None = None
     trust: frozenset[str] = frozenset()
 
@@ -357,7 +364,7 @@ def _train_settings(c: dict[str, Any]) -> TrainConfig:
         num_workers=c["num_workers"], compile=c.get("compile", "none"),
         channels_last=c.get("channels_last", "auto"), threads=c.get("threads", "auto"), progress=c["progress"],
         checkpoint_every_steps=c.get("checkpoint_every_steps") or 0, on_nan=c.get("on_nan", "stop"),
-        skip_batch_limit=c.get("skip_batch_limit", 0.25), resume=c.get("resume"),
+        skip_batch_limit=c.get("skip_batch_limit", 0.25), tta=c.get("tta", "none"), resume=c.get("resume"),
         trust=frozenset(c.get("trust") or ()),
     )
 
@@ -381,6 +388,7 @@ class InspectConfig:
 @dataclass(frozen=True)
 class EvalConfig(InspectConfig):
     split: str = "test"
+    tta: str | None = None  # None: as the checkpoint's training did
     batch_size: int | None = None
     progress: bool | str = "auto"
 
@@ -397,7 +405,8 @@ class PredictConfig(InspectConfig):
 
 def eval_config(cfg: DictConfig) -> EvalConfig:
     validate(cfg, EVAL_RULES)
-    return EvalConfig(**_inspect_settings(cfg), split=cfg.split, batch_size=cfg.batch_size, progress=cfg.progress)
+    return EvalConfig(**_inspect_settings(cfg), split=cfg.split, tta=cfg.get("tta"), batch_size=cfg.batch_size,
+                      progress=cfg.progress)
 
 
 def predict_config(cfg: DictConfig) -> PredictConfig:

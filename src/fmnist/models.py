@@ -1,8 +1,9 @@
 """The model classes. Each config in conf/model/ names one with `_target_` and sizes it from the dataset.
 
-Two classes cover the four models: `mlp` and `feedforward` are MLPs of different widths, `cnn` and
-`bn_cnn` are conv stacks with and without BatchNorm. Every model ends in logits, or in log-probabilities
-when the loss is NLL (`log_probs=True`), so the loss and the output always agree.
+Three classes cover the models: `mlp` and `feedforward` are MLPs of different widths, `cnn` and
+`bn_cnn` are conv stacks with and without BatchNorm, and `speednet` is the conv net of the speed presets.
+Every model ends in logits, or in log-probabilities when the loss is NLL (`log_probs=True`), so the loss
+and the output always agree.
 """
 
 from __future__ import annotations
@@ -86,4 +87,33 @@ class CNN(Classifier):
             c_in = c_out
         sizes = [c_in * size * size, *hidden]
         layers += [nn.Flatten(), *_fc_stack(sizes, num_classes, dropout)]
+        self.net = nn.Sequential(*layers)
+
+
+def _conv_bn_gelu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+
+
+class SpeedNet(Classifier):
+    """The conv net of the speed presets: few multiply-adds per image, trained fast with BatchNorm and GELU.
+
+    A stem conv (stride `stem_stride`), then one stage per further entry of `widths`, each halving the
+    resolution (max-pool) before `depth` conv-BN-GELU layers; a max-pool to a `head_grid` x `head_grid` grid
+    (1: global; 2 or 3 keep where in the image a feature was) and one linear layer.
+    Convolving at reduced resolution from the stem on is what makes it fast on a CPU, where the full-size
+    activations of a first conv at 28x28 cost more than the rest of the net (docs/benchmarks.md).
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, widths: list[int], depth: int = 1,
+                 stem_stride: int = 2, head_grid: int = 1, log_probs: bool = False) -> None:
+        super().__init__(log_probs)
+        if (image_size // stem_stride) >> (len(widths) - 1) == 0:
+            raise UserError(f"model.widths={list(widths)} has too many pooling stages for "
+                            f"{image_size}x{image_size} images")
+        layers = _conv_bn_gelu(in_channels, widths[0], stem_stride)
+        for c_in, c_out in pairwise(widths):
+            layers += [nn.MaxPool2d(2), *_conv_bn_gelu(c_in, c_out)]
+            for _ in range(depth - 1):
+                layers += _conv_bn_gelu(c_out, c_out)
+        layers += [nn.AdaptiveMaxPool2d(head_grid), nn.Flatten(), nn.Linear(widths[-1] * head_grid ** 2, num_classes)]
         self.net = nn.Sequential(*layers)

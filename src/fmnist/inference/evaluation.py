@@ -31,14 +31,17 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     cfg, split = r.cfg, settings.split
     batches = make_batches(cfg.dataset, split, r.device, batch_size=settings.batch_size or cfg.eval_batch_size,
                            seed=cfg.seed, training=False, loader=cfg.loader, num_workers=cfg.num_workers)
+    tta = settings.tta or cfg.tta
     result = evaluate(r.model, batches, build_loss(cfg).to(r.device), cfg.dataset.num_classes, device=r.device,
-                      dtype=r.dtype, progress=show_progress(settings.progress), keep_probs=True, desc=split)
+                      dtype=r.dtype, progress=show_progress(settings.progress), keep_probs=True, desc=split,
+                      tta=tta == "flip")
     report = class_report(result.confusion, r.class_names)
     recorded = (r.ckpt["metrics"].get("test") or {}).get("accuracy")
     out_dir = ensure_dir(Path(settings.out_dir) if settings.out_dir else eval_dir(r.path, split))
     summary = {
         "checkpoint": str(r.path),
         "split": split,
+        "tta": tta,
         "device": str(r.device),
         "loss": result.loss,
         **report,

@@ -166,9 +166,15 @@ def train_epochs(runner: StepRunner, batches: Batches, first: int, last: int, *,
             return
 
 
-def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
+             tta: bool = False) -> torch.Tensor:
+    """The model's output; with `tta`, the mean of the outputs for the image and its mirror image, as
+    log-probabilities (what both the loss and the softmax read correctly, for logits and log-probs alike)."""
     with autocast(device, dtype):
-        return model(x).float()
+        out = model(x).float()
+        if tta:
+            out = ((out + model(x.flip(3)).float()) / 2).log_softmax(1)
+        return out
 
 
 @torch.inference_mode()
@@ -181,8 +187,9 @@ def predict_probs(model: nn.Module, x: torch.Tensor, *, device: torch.device, dt
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
              num_classes: int, *, device: torch.device, dtype: torch.dtype, progress: bool = False,
-             keep_probs: bool = False, desc: str = "eval") -> EvalResult:
-    """Loss, accuracy and confusion matrix over `batches`; optionally every sample's class probabilities."""
+             keep_probs: bool = False, desc: str = "eval", tta: bool = False) -> EvalResult:
+    """Loss, accuracy and confusion matrix over `batches`; optionally every sample's class probabilities.
+    `tta` averages each image's outputs with its mirror image's (flip test-time augmentation)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
@@ -190,7 +197,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     start = time.perf_counter()
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = _forward(model, x, device, dtype)
+        out = _forward(model, x, device, dtype, tta)
         loss_sum += loss_fn(out, y) * len(y)
         confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes * num_classes)
         if keep_probs:

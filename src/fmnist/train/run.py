@@ -125,8 +125,8 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     best = run.load_best(device)
     t.model.load_state_dict(best["model"])
     result = evaluate(t.model, test_batches, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
-                      progress=progress, desc="test")
-    test = test_summary(result, list(cfg.dataset.classes), state.best_epoch)
+                      progress=progress, desc="test", tta=cfg.tta == "flip")
+    test = {**test_summary(result, list(cfg.dataset.classes), state.best_epoch), "tta": cfg.tta}
     # Figures first, "completed" last: a run whose artifacts were not all written never claims to be done.
     title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
     run.write_figures(state.history, result.confusion, list(cfg.dataset.classes), title, result.accuracy)
