@@ -295,6 +295,14 @@ def load_rows(pair: str, root: str, seconds: float) -> list[dict[str, object]]:
     return rows
 
 
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """A markdown table; a column whose name ends in ':' is right-aligned (numbers)."""
+    print("| " + " | ".join(c.rstrip(":") for c in columns) + " |")
+    print("| " + " | ".join("---:" if c.endswith(":") else "---" for c in columns) + " |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data directory in torchvision's layout")
@@ -328,11 +336,9 @@ def main() -> int:
               f"seconds, evaluation excluded; test accuracy with the preset's TTA)\n")
         print(f"Reference: the tutorial cnn reaches 91% on Fashion-MNIST in {reference[0]:.1f} s ({reference[1]} "
               f"epochs, {reference[2]:.2%}).\n")
-        print("| preset | seeds | test accuracy mean | std | min | training seconds (mean) |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        for r in rows:
-            print(f"| {r['preset']} | {r['seeds']} | {r['acc_mean']:.2%} | {100 * r['acc_std']:.2f} | "
-                  f"{r['acc_min']:.2%} | {r['seconds_mean']:.1f} |")
+        print_table(["preset", "seeds:", "test accuracy mean:", "std:", "min:", "training seconds (mean):"],
+                    [[str(r["preset"]), str(r["seeds"]), f"{r['acc_mean']:.2%}", f"{100 * r['acc_std']:.2f}",
+                      f"{r['acc_min']:.2%}", f"{r['seconds_mean']:.1f}"] for r in rows])
         if args.json:
             args.json.write_text(json.dumps({"reference": reference, "records": rows}, indent=2))
         return 0
@@ -340,10 +346,9 @@ def main() -> int:
         load = [row for pair in args.pairs.split(",") for row in load_rows(pair, args.root, args.load_seconds)]
         print(f"\nUnder load ({usable_cores()} usable cores; torch {torch.__version__}; engine b64, 8,192 images,"
               f" {args.load_seconds:.0f} s per training after a warm-up epoch)\n")
-        print("| model:dataset | case | samples/s per training | x the same run alone |")
-        print("| --- | --- | ---: | ---: |")
-        for r in load:
-            print(f"| {r['pair']} | {r['case']} | {r['samples_per_s']:,.0f} | {r['ratio']:.2f} |")
+        print_table(["model:dataset", "case", "samples/s per training:", "x the same run alone:"],
+                    [[str(r["pair"]), str(r["case"]), f"{r['samples_per_s']:,.0f}", f"{r['ratio']:.2f}"]
+                     for r in load])
         if args.json:
             args.json.write_text(json.dumps({"load": load}, indent=2))
         return 0
@@ -395,10 +400,7 @@ def main() -> int:
     if same:
         print(f"\nSame accuracy: mlp on Fashion-MNIST, {args.accuracy_epochs} epochs, batch 64, Adam 1e-3 "
               f"({devices[-1]})\n")
-        print("| loop | test accuracy |")
-        print("| --- | ---: |")
-        for r in same:
-            print(f"| {r['loop']} | {r['accuracy']:.2%} |")
+        print_table(["loop", "test accuracy:"], [[str(r["loop"]), f"{r['accuracy']:.2%}"] for r in same])
     if args.json:
         args.json.write_text(json.dumps({"device": name, "throughput": rows, "time_to_accuracy": tta,
                                          "same_accuracy": same}, indent=2))
