@@ -38,11 +38,11 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from fmnist.config import CONFIG_DIR, TrainConfig, train_config
+from fmnist.config import CONFIG_DIR, TrainConfig, train_config, usable_cores
 from fmnist.data.batches import Batches, TensorBatches, load_split, make_batches
 from fmnist.data.sources import open_dataset
 from fmnist.data.transforms import Normalize
-from fmnist.runtime import resolve_precision, synchronize, usable_cores
+from fmnist.runtime import resolve_precision, synchronize
 from fmnist.train.loop import EpochStats, evaluate, train_epochs
 from fmnist.train.setup import Training, build_loss, build_model, build_training
 from fmnist.train.step import make_step
@@ -51,11 +51,15 @@ PAIRS = ("cnn:fashion", "mlp:fashion", "bn_cnn:mnist", "feedforward:cifar10")
 TARGETS = {"cnn:fashion": 0.91, "bn_cnn:mnist": 0.97, "mlp:fashion": 0.86}
 
 
-def config(model: str, dataset: str, root: str, device: str, **extra: object) -> TrainConfig:
-    overrides = [f"model={model}", f"dataset={dataset}", f"dataset.root={root}", f"device={device}",
-                 "progress=false", *(f"{k}={v}" for k, v in extra.items())]
+def settings(root: str, device: str, *overrides: str) -> TrainConfig:
+    """The validated training config fmnist-train would run with these overrides."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return train_config(compose(config_name="train", overrides=overrides))
+        return train_config(compose(config_name="train", overrides=[
+            f"dataset.root={root}", f"device={device}", "progress=false", *overrides]))
+
+
+def config(model: str, dataset: str, root: str, device: str, **extra: object) -> TrainConfig:
+    return settings(root, device, f"model={model}", f"dataset={dataset}", *(f"{k}={v}" for k, v in extra.items()))
 
 
 def batches(cfg: TrainConfig, split: str, device: torch.device, training: bool) -> Batches:
@@ -202,12 +206,6 @@ def train_and_test(cfg: TrainConfig, device: torch.device, max_epochs: int, targ
 RECORDS = ("fashion_speedrun", "mnist_speedrun", "cifar10_speedrun")
 
 
-def preset(name: str, root: str, device: str, seed: int) -> TrainConfig:
-    overrides = [f"experiment={name}", f"dataset.root={root}", f"device={device}", f"seed={seed}", "progress=false"]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return train_config(compose(config_name="train", overrides=overrides))
-
-
 def record_run(cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
     """One preset run as fmnist-train trains it: (training seconds, evaluation excluded; test accuracy with
     the preset's TTA, after the last epoch)."""
@@ -228,7 +226,8 @@ def record_run(cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
 def records(names: list[str], root: str, device: torch.device, seeds: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for name in names:
-        runs = [record_run(preset(name, root, device.type, seed), device) for seed in range(seeds)]
+        runs = [record_run(settings(root, device.type, f"experiment={name}", f"seed={seed}"), device)
+                for seed in range(seeds)]
         accs, secs = [a for _, a in runs], [s for s, _ in runs]
         rows.append({"preset": name, "seeds": seeds, "acc_mean": sum(accs) / seeds, "acc_min": min(accs),
                      "acc_std": (sum((a - sum(accs) / seeds) ** 2 for a in accs) / seeds) ** 0.5,

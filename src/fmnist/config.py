@@ -33,10 +33,18 @@ def config_dir() -> Path:
 
 CONFIG_DIR = str(config_dir())
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def sweep_jobs(threads: int | str) -> int:
     """Parallel sweep jobs that fit the usable cores at `threads` each (auto: one thread per job)."""
     per_job = threads if isinstance(threads, int) and threads > 0 else 1
-    return max(1, len(os.sched_getaffinity(0)) // per_job)
+    return max(1, usable_cores() // per_job)
 
 
 # Used in hydra.run.dir / hydra.sweep.dir: the process id makes run directories unique on this machine.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import sys
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fmnist.config import usable_cores
 from fmnist.errors import UserError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,14 +82,6 @@ def show_progress(setting: bool | str) -> bool:
     if setting == "auto":
         return sys.stderr.isatty()
     return bool(setting)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def configure_threads(setting: int | str, processes: int = 1) -> int:

@@ -24,6 +24,7 @@ import yaml
 
 from fmnist.artifacts.atomic import write_atomically
 from fmnist.artifacts.rundir import RunDir, RunDirectoryInUse, read_metrics
+from fmnist.config import usable_cores
 from fmnist.errors import Interrupted, UserError
 
 log = logging.getLogger("fmnist")
@@ -176,7 +177,9 @@ def run_job(train: Callable[[], float], out_dir: Path, sweep_dir: Path, job: int
         raise SystemExit(exc.exit_code) from None
     except UserError as exc:
         message, error = str(exc), exc
-        if not isinstance(exc, RunDirectoryInUse):  # never write into another run's directory
+        # A failure before the run claimed its directory (a bad value) is recorded here; once claimed,
+        # run_training has recorded it. Never write into a directory that holds or is claimed by another run.
+        if not isinstance(exc, RunDirectoryInUse) and not RunDir(out_dir).existing_run():
             RunDir(out_dir).record_status("failed", message)
     except Exception as exc:  # a bug: keep the traceback in the job's log, still record and go on
         log.exception("job failed")
@@ -202,4 +205,4 @@ def parallel_jobs(launcher_target: str, n_jobs: int | None) -> int:
     if "joblib" not in launcher_target.lower():
         return 1
     n = int(n_jobs or 1)
-    return max(1, (len(os.sched_getaffinity(0)) + 1 + n)) if n < 0 else n  # joblib: -1 all cores, -2 all but one
+    return max(1, usable_cores() + 1 + n) if n < 0 else n  # joblib: -1 all cores, -2 all but one

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist.cli.common import hydra_app, report_user_errors
-from fmnist.config import train_config
+from fmnist.config import train_config, usable_cores
 
 log = logging.getLogger("fmnist")
 
@@ -24,7 +24,7 @@ log = logging.getLogger("fmnist")
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
     from fmnist.artifacts.sweep import parallel_jobs, run_job
-    from fmnist.runtime import configure_threads, usable_cores
+    from fmnist.runtime import configure_threads
     from fmnist.train.run import run_training
 
     hydra_cfg = HydraConfig.get()

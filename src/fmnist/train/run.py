@@ -49,8 +49,9 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
     try:
         resume_from = resume_source(cfg.resume, out_dir)
     except UserError as exc:
-        if not RunDir(out_dir).existing_run():  # a fresh directory: say there why this run never started
-            RunDir(out_dir).record_status("failed", str(exc))
+        fresh = RunDir(out_dir)
+        if not fresh.existing_run():  # a fresh directory: say there why this run never started
+            fresh.record_status("failed", str(exc))
         raise
     run = RunDir(resume_from.parent if resume_from is not None else out_dir)
     with run.claim(resuming=bool(cfg.resume)):
