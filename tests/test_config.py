@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import compose
 
+from fmnist import runtime
 from fmnist.config import validate
 from fmnist.errors import UserError
 from fmnist.runtime import resolve_device, resolve_precision
@@ -45,12 +46,15 @@ def test_cuda_where_there_is_none_is_a_clear_error():
         resolve_device("cuda")
 
 
-def test_auto_device_and_precision_on_cpu():
+def test_auto_device_and_precision_on_cpu(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     device = resolve_device("auto")
     assert device.type in ("cpu", "mps")
-    assert resolve_precision("auto", torch.device("cpu")) is torch.float32
+    for amx, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(runtime, "cpu_has_amx", lambda amx=amx: amx)
+        assert resolve_precision("auto", torch.device("cpu")) is dtype
+    assert resolve_precision("fp32", torch.device("cpu")) is torch.float32
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
 
