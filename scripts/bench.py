@@ -19,6 +19,11 @@ Prints markdown tables; --json writes every number too.
 --load measures a shared CPU instead: each pair alone, two of it side by side (as parallel sweep jobs or
 two users' runs are), and beside two busy non-torch processes, with OpenMP's default and the passive wait
 policy that fmnist's CLIs set; each training runs in its own process.
+
+    python scripts/bench.py --root DATA --ddp --pairs cnn:fashion --repeats 2
+
+--ddp puts the cost of DistributedDataParallel on one CPU on record: fmnist-train under torchrun with 2
+processes x 1 thread against 1 process x 2 threads, the same global batch.
 """
 
 from __future__ import annotations
@@ -196,7 +201,7 @@ def train_and_test(cfg: TrainConfig, device: torch.device, max_epochs: int, targ
     spent, acc = 0.0, 0.0
     for stats in epochs:
         spent += stats.seconds
-        acc = evaluate(t.net, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype).accuracy
+        acc = evaluate(t.infer, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype).accuracy
         if target is not None and acc >= target:
             return spent, stats.epoch, acc
     return (float("nan") if target is not None else spent), max_epochs, acc
@@ -204,7 +209,7 @@ def train_and_test(cfg: TrainConfig, device: torch.device, max_epochs: int, targ
 
 # ---- --records: the speed presets over several seeds ---------------------------------------------------
 
-RECORDS = ("fashion_speedrun", "mnist_speedrun", "cifar10_speedrun")
+RECORDS = ("fashion_speedrun", "mnist_speedrun", "cifar10_speedrun", "fashion_best", "mnist_best")
 
 
 def record_run(cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
@@ -295,6 +300,45 @@ def load_rows(pair: str, root: str, seconds: float) -> list[dict[str, object]]:
     return rows
 
 
+# ---- --ddp: the cost of DistributedDataParallel on one CPU ---------------------------------------------------
+
+DDP_CASES = (  # (label, processes, threads each)
+    ("1 process x 2 threads", 1, 2),
+    ("torchrun: 2 processes x 1 thread (DDP, gloo)", 2, 1),
+)
+
+
+def ddp_run(pair: str, root: str, processes: int, threads: int, epochs: int, batch_size: int, out: Path) -> float:
+    """One fmnist-train through the CLI (under torchrun for processes > 1); its steady samples/s (all ranks)."""
+    model, dataset = pair.split(":")
+    train = str(Path(sys.executable).with_name("fmnist-train"))
+    command = [train] if processes == 1 else [str(Path(sys.executable).with_name("torchrun")), "--standalone",
+                                              f"--nproc_per_node={processes}", "--no-python", train]
+    subprocess.run([*command, f"model={model}", f"dataset={dataset}", f"dataset.root={root}", f"epochs={epochs}",
+                    f"batch_size={batch_size}", f"threads={threads}", "device=cpu", "progress=false",
+                    f"hydra.run.dir={out}"], check=True, capture_output=True)
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    rates = [row["samples_per_s"] for row in history[1:] or history]  # the first epoch warms up
+    return median(rates)
+
+
+def ddp_rows(pair: str, root: str, rounds: int, epochs: int, batch_size: int) -> list[dict[str, object]]:
+    """Both cases in interleaved rounds, the same global batch; the ratio to one process is per round."""
+    import tempfile
+
+    runs: dict[str, list[float]] = {label: [] for label, _, _ in DDP_CASES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            for label, processes, threads in DDP_CASES:
+                out = Path(tmp) / f"{round_}-{processes}"
+                runs[label].append(ddp_run(pair, root, processes, threads, epochs, batch_size, out))
+                print(f"  {pair} b{batch_size} {label}: {runs[label][-1]:,.0f} samples/s", file=sys.stderr)
+    base = runs[DDP_CASES[0][0]]
+    return [{"pair": pair, "batch_size": batch_size, "case": label, "samples_per_s": median(rates),
+             "ratio": median(r / b for r, b in zip(rates, base, strict=True)), "runs": rates}
+            for label, rates in runs.items()]
+
+
 def print_table(columns: list[str], rows: list[list[str]]) -> None:
     """A markdown table; a column whose name ends in ':' is right-aligned (numbers)."""
     print("| " + " | ".join(c.rstrip(":") for c in columns) + " |")
@@ -319,23 +363,42 @@ def main() -> int:
                         help="only the CPU under load: each pair alone, two side by side, beside two busy processes")
     parser.add_argument("--load-seconds", type=float, default=15.0, help="seconds each --load training measures")
     parser.add_argument("--records", nargs="?", const=",".join(RECORDS),
-                        help="only the speed presets (default: every *_speedrun) over --seeds seeds, and the tutorial "
-                             "cnn's time to 91%% on Fashion-MNIST as the reference")
+                        help="only the presets named (default: every *_speedrun and *_best) over --seeds seeds; with "
+                             "fashion_speedrun, the tutorial cnn's time to 91%% on Fashion-MNIST as its reference")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per preset for --records")
+    parser.add_argument("--ddp", action="store_true",
+                        help="only DDP on the CPU: fmnist-train under torchrun (2 processes x 1 thread) against one "
+                             "process x 2 threads, same global batch, --repeats interleaved rounds")
+    parser.add_argument("--ddp-epochs", type=int, default=2, help="epochs per --ddp run (the first is warm-up)")
+    parser.add_argument("--ddp-batch", type=int, default=256, help="global batch size of the --ddp runs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.root, args.worker_seconds)
         return 0
+    if args.ddp:
+        rows = [row for pair in args.pairs.split(",")
+                for row in ddp_rows(pair, args.root, args.repeats, args.ddp_epochs, args.ddp_batch)]
+        print(f"\nDDP on this CPU ({usable_cores()} usable cores; torch {torch.__version__}; fmnist-train through the "
+              f"CLI; samples/s of the epochs after the first, all ranks together; medians of {args.repeats} rounds)\n")
+        print_table(["model:dataset", "global batch:", "case", "samples/s:", "x one process:"],
+                    [[str(r["pair"]), str(r["batch_size"]), str(r["case"]), f"{r['samples_per_s']:,.0f}",
+                      f"{r['ratio']:.2f}"] for r in rows])
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return 0
     if args.records:
         device = torch.device("cuda" if args.device == "cuda" else "cpu")
-        reference = train_and_test(config("cnn", "fashion", args.root, device.type), device, 10, 0.91)
-        rows = records(args.records.split(","), args.root, device, args.seeds)
+        names = args.records.split(",")
+        reference = (train_and_test(config("cnn", "fashion", args.root, device.type), device, 10, 0.91)
+                     if "fashion_speedrun" in names else None)
+        rows = records(names, args.root, device, args.seeds)
         print(f"\nSpeed presets ({device}; torch {torch.__version__}; {torch.get_num_threads()} threads; training "
               f"seconds, evaluation excluded; test accuracy with the preset's TTA)\n")
-        print(f"Reference: the tutorial cnn reaches 91% on Fashion-MNIST in {reference[0]:.1f} s ({reference[1]} "
-              f"epochs, {reference[2]:.2%}).\n")
+        if reference is not None:
+            print(f"Reference: the tutorial cnn reaches 91% on Fashion-MNIST in {reference[0]:.1f} s "
+                  f"({reference[1]} epochs, {reference[2]:.2%}).\n")
         print_table(["preset", "seeds:", "test accuracy mean:", "std:", "min:", "training seconds (mean):"],
                     [[str(r["preset"]), str(r["seeds"]), f"{r['acc_mean']:.2%}", f"{100 * r['acc_std']:.2f}",
                       f"{r['acc_min']:.2%}", f"{r['seconds_mean']:.1f}"] for r in rows])

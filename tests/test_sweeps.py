@@ -91,7 +91,7 @@ def test_parallel_jobs_never_ask_for_more_threads_than_cores(tmp_path: Path):
     rows = summary(tmp_path / "sweep")
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
     cores = len(os.sched_getaffinity(0))
-    assert f"cpu threads {max(1, cores // 2)} (threads=auto, {cores} usable cores, 2 jobs side by side, " \
+    assert f"cpu threads {max(1, cores // 2)} (threads=auto, {cores} usable cores, 2 processes side by side, " \
            "OMP_WAIT_POLICY=PASSIVE)" in (tmp_path / "sweep" / "0" / "train.log").read_text()
 
 
@@ -102,7 +102,7 @@ def test_the_parallel_launcher_fits_the_jobs_to_the_cores(tmp_path: Path):
         "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert all(r["status"] == "completed" for r in summary(tmp_path / "sweep"))
     jobs = len(os.sched_getaffinity(0))  # one thread each: as many jobs as cores
-    assert f"cpu threads 1 (threads=1, {jobs} usable cores, {jobs} job" in \
+    assert f"cpu threads 1 (threads=1, {jobs} usable cores, {jobs} process" in \
            (tmp_path / "sweep" / "1" / "train.log").read_text()
 
 
@@ -166,3 +166,15 @@ def test_ctrl_c_during_a_sweep_leaves_a_summary_of_what_finished(tmp_path: Path)
     rows = {r["job"]: r for r in summary(tmp_path / "sweep")}
     assert rows["0"]["status"] == "completed"
     assert rows["1"]["status"] == "interrupted" and "resume" in rows["1"]["error"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="hydra-submitit-launcher is not installed (pip install .[cluster])")
+def test_submitit_local_sweep_writes_its_jobs_and_the_summary(tmp_path: Path):
+    """Hydra's submitit launcher (the SLURM preset's local twin) runs each job as its own submitted process."""
+    cli("fmnist-train", "--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=mlp",
+        "optimizer.lr=1e-3,2e-3", "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    rows = summary(tmp_path / "sweep")
+    assert sorted(r["job"] for r in rows) == ["0", "1"] and all(r["status"] == "completed" for r in rows)
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "best.pt").is_file()

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist.errors import UserError
+from fmnist.world import run_pid, run_started
 
 
 def config_dir() -> Path:
@@ -47,9 +48,11 @@ def sweep_jobs(threads: int | str) -> int:
     return max(1, usable_cores() // per_job)
 
 
-# Used in hydra.run.dir / hydra.sweep.dir: the process id makes run directories unique on this machine.
+# Used in hydra.run.dir / hydra.sweep.dir: the start time and the process id make run directories unique on
+# this machine; in a distributed run both are rank 0's, so every rank resolves the same directory.
 if not OmegaConf.has_resolver("fmnist.pid"):
-    OmegaConf.register_new_resolver("fmnist.pid", os.getpid)
+    OmegaConf.register_new_resolver("fmnist.pid", run_pid)
+    OmegaConf.register_new_resolver("fmnist.now", lambda pattern: run_started().strftime(pattern))
     OmegaConf.register_new_resolver("fmnist.sweep_jobs", sweep_jobs)  # conf/hydra/launcher/parallel.yaml
 
 _MISSING = object()
@@ -337,6 +340,21 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     return _train_settings(resolved)
+
+
+def check_world(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """The rules a run of `world_size` processes (torchrun) adds: batch_size is the global batch, split evenly."""
+    if world_size == 1:
+        return cfg
+    if cfg.batch_size % world_size:
+        raise UserError(f"batch_size={cfg.batch_size} is the global batch and must divide by the {world_size} "
+                        f"processes of this run: use a multiple of {world_size}")
+    if cfg.compile == "cudagraph":
+        raise UserError("compile=cudagraph does not run in a distributed run (torchrun): use compile=none or torch")
+    if cfg.on_nan == "skip_batch":
+        raise UserError("on_nan=skip_batch does not run in a distributed run (torchrun): the ranks would skip "
+                        "different batches; use on_nan=stop")
+    return cfg
 
 
 def stored_train_config(stored: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:

@@ -16,8 +16,16 @@ from fmnist.errors import UserError
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str) -> torch.device:
-    """Turn a validated `auto|cpu|cuda|cuda:N|mps` into a device that exists, or say why it cannot."""
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """Turn a validated `auto|cpu|cuda|cuda:N|mps` into a device that exists, or say why it cannot.
+
+    A rank of a distributed run (`local_rank`: its index on this machine) asking for auto or cuda gets the
+    GPU of its own index, made the current device (what nccl's collectives use).
+    """
+    if local_rank is not None and name in ("auto", "cuda") and torch.cuda.is_available():
+        device = resolve_device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+        return device
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

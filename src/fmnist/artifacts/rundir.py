@@ -138,6 +138,31 @@ class RunDir:
                        title=f"{title}: test accuracy {test_accuracy:.2%}")
 
 
+class FollowerRunDir(RunDir):
+    """The run directory as every rank but rank 0 of a distributed run sees it: read (resume, the best
+    weights for the final test), never claimed or written, so each file has exactly one writer."""
+
+    @contextlib.contextmanager
+    def claim(self, *, resuming: bool) -> Iterator[RunDir]:
+        yield self
+
+    def save_last(self, payload: dict[str, Any]) -> None:
+        pass
+
+    def save_best(self, payload: dict[str, Any]) -> None:
+        pass
+
+    def write_history(self, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+        pass
+
+    def record_status(self, status: str, error: str | None = None) -> None:
+        pass
+
+    def write_figures(self, history: list[dict[str, Any]], confusion: torch.Tensor, class_names: list[str],
+                      title: str, test_accuracy: float) -> None:
+        pass
+
+
 def written_by() -> dict[str, Any]:
     """Which process wrote a metrics.json, so a sweep summary can tell a crashed job from a running one."""
     return {"pid": os.getpid(), "host": socket.gethostname()}

@@ -54,10 +54,11 @@ def fail(prog: str, message: str, code: int = 2) -> Any:
     sys.exit(code)
 
 
-def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
-              ) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
+def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object],
+              before_run: Callable[[], None] | None = None) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
     """Decorator: the console-script `main()` of a Hydra task function, with Hydra's errors in one line and
-    a single run's config checked by `check` (config.py's validation) before the run starts."""
+    a single run's config checked by `check` (config.py's validation) before the run starts; `before_run`
+    then runs before Hydra resolves the run directory (fmnist-train joins a distributed run's ranks there)."""
 
     def wrap(task: Callable[[Any], Any]) -> Callable[[], None]:
         app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
@@ -69,6 +70,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             try:
                 _check_single_run(prog, config_name, check)
+                if before_run is not None:
+                    before_run()
                 app()
             except MissingConfigException as exc:
                 fail(prog, _missing_option(exc))

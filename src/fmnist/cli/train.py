@@ -2,6 +2,10 @@
 
 torch and the training code are imported when a run starts, not before: --help, --cfg and a rejected
 config answer without them.
+
+Under torchrun (`torchrun --nproc_per_node=N --no-python fmnist-train ...`) every rank runs this entry point:
+the ranks join one process group before Hydra starts, so that they resolve one run directory, and only
+rank 0 logs at info level and writes files.
 """
 
 from __future__ import annotations
@@ -15,17 +19,46 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist.cli.common import hydra_app, report_user_errors
-from fmnist.config import train_config, usable_cores
+from fmnist.config import TrainConfig, check_world, train_config, usable_cores
+from fmnist.world import current_world
 
 log = logging.getLogger("fmnist")
 
 
-@hydra_app("fmnist-train", "train", check=train_config)
+def checked(cfg: DictConfig) -> TrainConfig:
+    """The validated settings, for as many processes as this run has."""
+    return check_world(train_config(cfg), current_world().size)
+
+
+def join_world() -> None:
+    """Join the other ranks of a distributed run (a no-op for one process)."""
+    world = current_world()
+    if world.size > 1:
+        from fmnist.train.distributed import join
+
+        join(world)
+
+
+def quiet_follower() -> None:
+    """A rank other than 0: warnings and errors on the console only, no log file of its own."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    log.setLevel(logging.WARNING)
+
+
+@hydra_app("fmnist-train", "train", check=checked, before_run=join_world)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
     from fmnist.artifacts.sweep import parallel_jobs, run_job
     from fmnist.runtime import configure_threads
     from fmnist.train.run import run_training
+
+    world = current_world()
+    join_world()  # done already under torchrun; the tasks of a SLURM job (hydra/launcher=slurm) join here
+    if not world.main:
+        quiet_follower()
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -34,12 +67,17 @@ def main(cfg: DictConfig) -> float:
     launcher = hydra_cfg.get("launcher") or {}
 
     def train() -> float:
-        settings = train_config(cfg)  # validated before anything acts on a value
+        settings = checked(cfg)  # validated before anything acts on a value
         jobs = parallel_jobs(str(launcher.get("_target_", "")), launcher.get("n_jobs")) if multirun else 1
-        threads = configure_threads(settings.threads, jobs)
-        log.info("cpu threads %d (threads=%s, %d usable cores, %d job%s side by side, OMP_WAIT_POLICY=%s)", threads,
-                 settings.threads, usable_cores(), jobs, "s" if jobs > 1 else "", os.environ.get("OMP_WAIT_POLICY"))
-        result = run_training(settings, out_dir, choices)
+        side_by_side = jobs * world.local_size  # sweep jobs, or this machine's ranks
+        threads = configure_threads(settings.threads, side_by_side)
+        log.info("cpu threads %d (threads=%s, %d usable cores, %d process%s side by side, OMP_WAIT_POLICY=%s)",
+                 threads, settings.threads, usable_cores(), side_by_side, "es" if side_by_side > 1 else "",
+                 os.environ.get("OMP_WAIT_POLICY"))
+        if world.size > 1:
+            log.info("distributed: %d processes, global batch %d = %d per process", world.size,
+                     settings.batch_size, settings.batch_size // world.size)
+        result = run_training(settings, out_dir, choices, world)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
                  100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, result.out_dir)
         return result.best_val_acc

@@ -3,16 +3,23 @@ DataLoader.
 
 Both yield (images, labels) already normalised, in the same seeded order for a given (seed, epoch), so a
 run is reproducible and a resumed run sees the data in the order the uninterrupted one would have.
+
+In a distributed run each rank iterates its share (`Shard`): for training, every rank draws the same seeded
+permutation and takes every world-size-th index of it, so that one step's batches across the ranks are
+exactly the single-process batch at that step (a short last batch aside); for evaluation, a contiguous
+block of the split, so that each image is counted once.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from fmnist.config import Augment, DatasetSpec
 from fmnist.data.sources import SOURCES, check_labels, load_tensors, open_dataset
@@ -20,10 +27,30 @@ from fmnist.data.transforms import Normalize, augment_batch, torchvision_transfo
 from fmnist.errors import UserError
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The part of every split that one rank of `size` iterates (rank 0 of 1: all of it)."""
+
+    rank: int = 0
+    size: int = 1
+
+    def block(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous [start, stop) of n evaluation samples: each sample in exactly one block."""
+        return n * self.rank // self.size, n * (self.rank + 1) // self.size
+
+    def strided(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a training order: padded (by repeating its start) to a multiple of the
+        world size, so that every rank takes the same number of steps, then every size-th element."""
+        if self.size == 1:
+            return order
+        pad = -len(order) % self.size
+        return torch.cat([order, order[:pad]])[self.rank::self.size]
+
+
 class Batches(Protocol):
     """What the engine iterates: batches of (images, labels), a length, and a per-epoch reshuffle."""
 
-    num_samples: int
+    num_samples: int  # of the whole split, all ranks together
 
     def __len__(self) -> int: ...
 
@@ -57,10 +84,10 @@ class TensorBatches:
     """Whole split as uint8 on the device; shuffle, gather, augment and normalise as batched tensor ops."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalize, *,
-                 shuffle: bool, seed: int, augment: Augment | None = None) -> None:
+                 shuffle: bool, seed: int, augment: Augment | None = None, shard: Shard = Shard()) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.normalize = batch_size, normalize
-        self.shuffle, self.seed, self.augment = shuffle, seed, augment
+        self.shuffle, self.seed, self.augment, self.shard = shuffle, seed, augment, shard
         self.num_samples = len(labels)
         self.set_epoch(0)
 
@@ -80,17 +107,23 @@ class TensorBatches:
             self.augment_rng.set_state(state)
 
     def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
+        if self.shuffle:
+            per_rank = math.ceil(self.num_samples / self.shard.size)
+        else:
+            start, stop = self.shard.block(self.num_samples)
+            per_rank = stop - start
+        return math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 
     def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of this epoch from batch `step` on (a resumed epoch skips what was done)."""
-        if not self.shuffle:  # evaluation: contiguous slices, no gather
-            for start in range(step * self.batch_size, self.num_samples, self.batch_size):
-                x = self.images[start:start + self.batch_size]
-                yield self.prepare(x, self.augment_rng), self.labels[start:start + self.batch_size]
+        if not self.shuffle:  # evaluation: contiguous slices of this rank's block, no gather
+            first, stop = self.shard.block(self.num_samples)
+            for start in range(first + step * self.batch_size, stop, self.batch_size):
+                end = min(start + self.batch_size, stop)
+                yield self.prepare(self.images[start:end], self.augment_rng), self.labels[start:end]
             return
         for idx in self.index_batches(step):
             yield self.gather(idx, self.augment_rng)
@@ -98,7 +131,7 @@ class TensorBatches:
     def index_batches(self, step: int = 0) -> Iterator[torch.Tensor]:
         """This epoch's shuffled order, batch by batch from batch `step`, as index tensors on the device."""
         cpu_gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_samples, generator=cpu_gen).to(self.images.device)
+        order = self.shard.strided(torch.randperm(self.num_samples, generator=cpu_gen)).to(self.images.device)
         yield from order.split(self.batch_size)[step:]
 
     def gather(self, idx: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,16 +152,24 @@ class TorchvisionBatches:
     """torchvision Dataset + DataLoader with PIL transforms: the reference path, for custom transforms."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, *, shuffle: bool, seed: int,
-                 num_workers: int, pin_memory: bool) -> None:
+                 num_workers: int, pin_memory: bool, shard: Shard = Shard()) -> None:
         self.seed, self.order_rng = seed, torch.Generator()
         self.num_samples = len(dataset)  # type: ignore[arg-type]
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=self.order_rng,
-                                 num_workers=num_workers, pin_memory=pin_memory,
-                                 persistent_workers=num_workers > 0)
+        self.sampler: DistributedSampler | None = None
+        if shard.size > 1 and shuffle:  # each rank its share of one seeded permutation per epoch
+            self.sampler = DistributedSampler(dataset, num_replicas=shard.size, rank=shard.rank, shuffle=True,
+                                              seed=seed)
+        elif shard.size > 1:  # evaluation: a contiguous block (the sampler would count padded images twice)
+            dataset = Subset(dataset, range(*shard.block(self.num_samples)))
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and self.sampler is None,
+                                 sampler=self.sampler, generator=self.order_rng, num_workers=num_workers,
+                                 pin_memory=pin_memory, persistent_workers=num_workers > 0)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.order_rng.manual_seed(epoch_seed(self.seed, epoch))
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def rng_state(self) -> torch.Tensor | None:
         return None  # the order is a function of (seed, epoch); PIL transforms draw from the global generator
@@ -164,8 +205,9 @@ def load_split(dataset: DatasetSpec, split: str, seed: int) -> tuple[torch.Tenso
 
 
 def make_batches(dataset: DatasetSpec, split: str, device: torch.device, *, batch_size: int, seed: int,
-                 training: bool, loader: str = "tensor", num_workers: int = 0) -> Batches:
-    """Batches of one split (train/val/test) through the loader named (tensor or torchvision).
+                 training: bool, loader: str = "tensor", num_workers: int = 0, shard: Shard = Shard()) -> Batches:
+    """Batches of one split (train/val/test) through the loader named (tensor or torchvision); `batch_size`
+    is per rank.
 
     `training` turns on shuffling and augmentation; evaluation always sees the data in file order.
     """
@@ -174,7 +216,7 @@ def make_batches(dataset: DatasetSpec, split: str, device: torch.device, *, batc
         images, labels = load_split(dataset, split, seed)
         normalize = Normalize(dataset.mean, dataset.std, device)
         return TensorBatches(images.to(device), labels.to(device), batch_size, normalize,
-                             shuffle=training, seed=seed, augment=augment)
+                             shuffle=training, seed=seed, augment=augment, shard=shard)
     transform = torchvision_transform(augment, dataset.image_size, dataset.mean, dataset.std)
     ds = open_dataset(dataset.name, dataset.root, dataset.download, train=split != "test", transform=transform)
     title = SOURCES[dataset.name].title
@@ -183,4 +225,4 @@ def make_batches(dataset: DatasetSpec, split: str, device: torch.device, *, batc
     if members is not None:
         ds = Subset(ds, members.tolist())
     return TorchvisionBatches(ds, batch_size, shuffle=training, seed=seed, num_workers=num_workers,
-                              pin_memory=device.type == "cuda")
+                              pin_memory=device.type == "cuda", shard=shard)

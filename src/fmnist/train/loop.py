@@ -20,7 +20,11 @@ from tqdm import tqdm
 
 from fmnist.data.batches import Batches
 from fmnist.runtime import autocast, synchronize
+from fmnist.train.distributed import Collective
 from fmnist.train.step import StepRunner
+from fmnist.world import World
+
+ONE_PROCESS = Collective(World())
 
 REFRESH_EVERY = 25  # batches between progress-bar updates (each costs one host sync)
 LOG_EVERY = 30.0  # seconds between progress lines when there is no bar (a log file, a cluster job, nohup)
@@ -84,7 +88,7 @@ class NonFiniteLoss(RuntimeError):
 
 def train_one_epoch(runner: StepRunner, batches: Batches, *, epoch: int, start: EpochStats | None = None,
                     after_step: Callable[[int, Callable[[], EpochStats]], bool] | None = None,
-                    progress: bool = False, desc: str = "train") -> EpochStats:
+                    progress: bool = False, desc: str = "train", ranks: Collective = ONE_PROCESS) -> EpochStats:
     """One pass over `batches`, one runner step per batch; raises NonFiniteLoss on NaN/inf.
 
     `start` continues a partial epoch (its batches are skipped, its sums carried on). `after_step` is
@@ -93,19 +97,27 @@ def train_one_epoch(runner: StepRunner, batches: Batches, *, epoch: int, start: 
     partial epoch (completed=False) that a later call can continue. The runner's first `warmup_steps`
     steps (compilation, graph capture) are timed apart (one host sync), so that samples/s is the
     steady state and the one-time cost is reported as such.
+
+    In a distributed run the stats are sums over `ranks` (every rank sees the same numbers, so all stop on
+    a NaN together); a continued epoch's sums, already global, are carried on by rank 0 alone.
     """
     runner.net.train()
     lr = start.lr if start is not None else runner.optimizer.param_groups[0]["lr"]
     start = start or EpochStats(0.0, 0, 0, 0.0, 0, epoch=epoch, lr=lr)
-    runner.begin(start.loss_sum, start.correct, start.skipped)
-    seen, step = start.samples, start.steps
-    warmup_seconds, warmup_samples = start.warmup_seconds, start.warmup_samples
+    own = start if ranks.world.main else EpochStats(0.0, 0, 0, start.seconds, start.steps, epoch=epoch, lr=lr,
+                                                    warmup_seconds=start.warmup_seconds)
+    runner.begin(own.loss_sum, own.correct, own.skipped)
+    seen, step = own.samples, own.steps
+    warmup_seconds, warmup_samples = own.warmup_seconds, own.warmup_samples
     clock = time.perf_counter()
 
     def stats(completed: bool) -> EpochStats:
         loss_sum, correct = runner.totals()
-        return EpochStats(loss_sum.item(), int(correct.item()), seen, start.seconds + time.perf_counter() - clock,
-                          step, completed, runner.skipped, warmup_seconds, warmup_samples, epoch, lr)
+        sums = [loss_sum.item(), int(correct.item()), seen, warmup_samples]
+        if ranks.distributed:
+            sums = ranks.sum_(torch.tensor(sums, dtype=torch.float64)).tolist()
+        return EpochStats(sums[0], int(sums[1]), int(sums[2]), start.seconds + time.perf_counter() - clock,
+                          step, completed, runner.skipped, warmup_seconds, int(sums[3]), epoch, lr)
 
     bar = tqdm(runner.batches_from(batches, step), total=len(batches), initial=step, desc=desc,
                disable=not progress, leave=False, dynamic_ncols=True)
@@ -114,12 +126,12 @@ def train_one_epoch(runner: StepRunner, batches: Batches, *, epoch: int, start: 
         step += 1
         seen += runner(item)
         if not progress and time.perf_counter() >= next_line:
-            _log_progress(desc, step - start.steps, step, len(batches), seen - start.samples, clock)
+            _log_progress(desc, step - start.steps, step, len(batches), seen - own.samples, clock)
             next_line = time.perf_counter() + LOG_EVERY
         if runner.warmup_steps and runner.calls == runner.warmup_steps:
             synchronize(runner.device)
             warmup_seconds += time.perf_counter() - clock
-            warmup_samples += seen - start.samples
+            warmup_samples += seen - own.samples
         if step % REFRESH_EVERY == 0:
             now = stats(completed=False)
             if progress:
@@ -147,7 +159,7 @@ def _log_progress(desc: str, done: int, step: int, total: int, samples: int, clo
 def train_epochs(runner: StepRunner, batches: Batches, first: int, last: int, *, start: EpochStats | None = None,
                  data_rng: torch.Tensor | None = None,
                  after_step: Callable[[int, Callable[[], EpochStats]], bool] | None = None,
-                 progress: bool = False) -> Iterator[EpochStats]:
+                 progress: bool = False, ranks: Collective = ONE_PROCESS) -> Iterator[EpochStats]:
     """Epochs first..last, each yielded as it ends; a partial epoch (stopped by after_step) ends the run.
 
     `start` and `data_rng` continue a partial first epoch: its sums, and the augmentation generator's
@@ -159,7 +171,7 @@ def train_epochs(runner: StepRunner, batches: Batches, first: int, last: int, *,
         if start is not None:
             batches.set_rng_state(data_rng)
         stats = train_one_epoch(runner, batches, epoch=epoch, start=start, after_step=after_step,
-                                progress=progress, desc=f"epoch {epoch}/{last}")
+                                progress=progress, desc=f"epoch {epoch}/{last}", ranks=ranks)
         start = None
         yield stats
         if not stats.completed:
@@ -187,9 +199,12 @@ def predict_probs(model: nn.Module, x: torch.Tensor, *, device: torch.device, dt
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
              num_classes: int, *, device: torch.device, dtype: torch.dtype, progress: bool = False,
-             keep_probs: bool = False, desc: str = "eval", tta: bool = False) -> EvalResult:
+             keep_probs: bool = False, desc: str = "eval", tta: bool = False,
+             ranks: Collective = ONE_PROCESS) -> EvalResult:
     """Loss, accuracy and confusion matrix over `batches`; optionally every sample's class probabilities.
-    `tta` averages each image's outputs with its mirror image's (flip test-time augmentation)."""
+    `tta` averages each image's outputs with its mirror image's (flip test-time augmentation). In a
+    distributed run each rank evaluates its block and the sums are taken over `ranks`: every rank returns
+    the whole split's figures (probabilities stay per rank)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
@@ -203,7 +218,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         if keep_probs:
             probs.append(out.softmax(1).cpu())
             labels.append(y.cpu())
-    confusion = confusion.view(num_classes, num_classes).cpu()
+    ranks.sum_(loss_sum)
+    confusion = ranks.sum_(confusion).view(num_classes, num_classes).cpu()
     n = int(confusion.sum())
     return EvalResult(
         loss=loss_sum.item() / max(n, 1),

@@ -3,6 +3,10 @@ test set and the figures.
 
 A run can stop at any step (SIGINT/SIGTERM, a crash) and `resume` continues it from `last.pt` to the same
 weights and metrics.
+
+Under torchrun every rank runs this same function on its share of the data (`World`, data/batches.Shard);
+rank 0 alone claims and writes the run directory, and the ranks agree through `Collective` on the metrics
+and on when to stop.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from typing import Any
 
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.artifacts.report import class_report
-from fmnist.artifacts.rundir import RunDir
-from fmnist.config import TrainConfig
-from fmnist.data.batches import make_batches
+from fmnist.artifacts.rundir import FollowerRunDir, RunDir
+from fmnist.config import TrainConfig, check_world
+from fmnist.data.batches import Shard, make_batches
 from fmnist.errors import Interrupted, UserError
 from fmnist.runtime import resolve_device, resolve_precision, seed_everything, show_progress
+from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
 from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
 from fmnist.train.setup import build_training
 from fmnist.train.state import TrainState, resume_source, resume_state, resumed_config
 from fmnist.train.step import make_step
+from fmnist.world import World
 
 log = logging.getLogger("fmnist")
 
@@ -40,23 +46,25 @@ class RunResult:
     seconds: float
 
 
-def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None = None) -> RunResult:
+def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None = None,
+                 world: World = World()) -> RunResult:
     """Train cfg's model on cfg's dataset (or continue `cfg.resume`) and write every artifact into out_dir.
 
     The run directory is claimed first (one process at a time, never over another run unless resuming);
     from then on any failure is recorded in its metrics.json before it propagates.
     """
+    run_dir = RunDir if world.main else FollowerRunDir
     try:
         resume_from = resume_source(cfg.resume, out_dir)
     except UserError as exc:
-        fresh = RunDir(out_dir)
+        fresh = run_dir(out_dir)
         if not fresh.existing_run():  # a fresh directory: say there why this run never started
             fresh.record_status("failed", str(exc))
         raise
-    run = RunDir(resume_from.parent if resume_from is not None else out_dir)
+    run = run_dir(resume_from.parent if resume_from is not None else out_dir)
     with run.claim(resuming=bool(cfg.resume)):
         try:
-            return _train(cfg, run, dict(choices or {}), resume_from)
+            return _train(cfg, run, dict(choices or {}), resume_from, Collective(world))
         except Interrupted as exc:
             run.record_status("interrupted", str(exc))
             raise
@@ -65,27 +73,30 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
             raise
 
 
-def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: Path | None) -> RunResult:
+def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: Path | None,
+           ranks: Collective) -> RunResult:
     started = time.perf_counter()
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed is not None:
-        cfg = resumed_config(resumed, resume_from, cfg)
+        cfg = check_world(resumed_config(resumed, resume_from, cfg), ranks.world.size)
         choices = resumed.get("choices", choices)
     else:
         run.record_status("running")
-    device = resolve_device(cfg.device)
+    world = ranks.world
+    device = resolve_device(cfg.device, world.local_rank if ranks.distributed else None)
     dtype = resolve_precision(cfg.precision, device)
-    progress = show_progress(cfg.progress)
-    seed_everything(cfg.seed)
+    progress = show_progress(cfg.progress) and world.main
+    seed_everything(cfg.seed)  # alike in every rank: DDP starts from rank 0's weights, the data order is shared
+    shard = Shard(world.rank, world.size)
 
     def batches(split: str, batch_size: int, training: bool = False) -> Any:
         return make_batches(cfg.dataset, split, device, batch_size=batch_size, seed=cfg.seed, training=training,
-                            loader=cfg.loader, num_workers=cfg.num_workers)
+                            loader=cfg.loader, num_workers=cfg.num_workers, shard=shard)
 
-    train_batches = batches("train", cfg.batch_size, training=True)
+    train_batches = batches("train", cfg.batch_size // world.size, training=True)  # batch_size is the global one
     val_batches = batches("val", cfg.eval_batch_size)
     test_batches = batches("test", cfg.eval_batch_size)  # now: a missing test file is found before training
-    t = build_training(cfg, device, dtype, len(train_batches))
+    t = build_training(cfg, device, dtype, len(train_batches), distributed=ranks.distributed)
     state = resume_state(resumed, resume_from, t, train_batches) if resumed is not None else TrainState()
     runner = make_step(cfg.compile, t, train_batches, device=device, dtype=dtype,
                        skip_nonfinite=cfg.on_nan == "skip_batch")
@@ -100,15 +111,15 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
         try:
             for train in train_epochs(runner, train_batches, state.epochs_done + 1, cfg.epochs, start=state.partial,
                                       data_rng=state.partial_data_rng, progress=progress,
-                                      after_step=_step_hook(cfg, run, stop, checkpoint)):
+                                      after_step=_step_hook(cfg, run, stop, checkpoint, ranks), ranks=ranks):
                 if not train.completed:
                     run.save_last(checkpoint("interrupted", train))
                     raise _interrupted(stop, run, f"epoch {train.epoch} step {train.steps}")
                 _check_skipped(cfg, run, train)
                 if t.scheduler is not None and t.scheduler_interval == "epoch":
                     t.scheduler.step()
-                val = evaluate(t.net, val_batches, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
-                               progress=progress, desc="validate")
+                val = evaluate(t.infer, val_batches, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
+                               progress=progress, desc="validate", ranks=ranks)
                 row = _history_row(train, val)
                 improved = state.add_epoch(row)
                 # best.pt before last.pt: a run killed between the two resumes from the older last.pt and
@@ -118,15 +129,16 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
                 run.save_last(checkpoint("running"))
                 run.write_history(state.history, state.summary("running"))
                 _log_epoch(cfg, row, improved)
-                if stop:
+                if ranks.any(bool(stop)):
                     raise _interrupted(stop, run, f"the end of epoch {train.epoch}")
         except NonFiniteLoss as exc:
             raise UserError(f"{exc}; {run.kept()}. Try a lower optimizer.lr, or on_nan=skip_batch") from None
 
+    ranks.barrier()  # rank 0 has written best.pt
     best = run.load_best(device)
     t.model.load_state_dict(best["model"])
     result = evaluate(t.model, test_batches, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
-                      progress=progress, desc="test", tta=cfg.tta == "flip")
+                      progress=progress, desc="test", tta=cfg.tta == "flip", ranks=ranks)
     test = {**test_summary(result, list(cfg.dataset.classes), state.best_epoch), "tta": cfg.tta}
     # Figures first, "completed" last: a run whose artifacts were not all written never claims to be done.
     title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
@@ -138,12 +150,13 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     return RunResult(run.path, state.best_epoch, state.best_val_acc, test, summary["seconds"])
 
 
-def _step_hook(cfg: TrainConfig, run: RunDir, stop: StopRequest,
-               checkpoint: Callable[..., dict[str, Any]]) -> Callable[[int, Callable[[], EpochStats]], bool]:
-    """After each step: stop when a signal came; write last.pt every `checkpoint_every_steps` steps."""
+def _step_hook(cfg: TrainConfig, run: RunDir, stop: StopRequest, checkpoint: Callable[..., dict[str, Any]],
+               ranks: Collective) -> Callable[[int, Callable[[], EpochStats]], bool]:
+    """After each step: stop when a signal came (to any rank: all stop at this step); write last.pt every
+    `checkpoint_every_steps` steps."""
 
     def after_step(step: int, snapshot: Callable[[], EpochStats]) -> bool:
-        if stop:
+        if ranks.any(bool(stop)):
             return True
         if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
             now = snapshot()
@@ -207,5 +220,6 @@ def _log_epoch(cfg: TrainConfig, row: dict[str, Any], improved: bool) -> None:
 
 
 def _interrupted(stop: StopRequest, run: RunDir, where: str) -> Interrupted:
-    return Interrupted(f"stopped by {stop.name} at {where}; saved {run.last}. Resume with: "
+    by = stop.name or "a signal to another rank"
+    return Interrupted(f"stopped by {by} at {where}; saved {run.last}. Resume with: "
                        f"fmnist-train hydra.run.dir={run.path} resume=auto", stop.signum or 2)

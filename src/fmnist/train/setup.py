@@ -16,6 +16,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fmnist.artifacts.allowlist import check_stored_config
 from fmnist.config import TrainConfig, stored_train_config
@@ -95,11 +96,14 @@ def use_channels_last(model: nn.Module, device: torch.device, setting: bool | st
 
 @dataclass
 class Training:
-    """The objects a run trains with. `net` is what the loop calls (torch.compile'd for compile=torch),
-    `model` the plain module whose weights checkpoints keep."""
+    """The objects a run trains with. `net` is what the training loop calls (wrapped in
+    DistributedDataParallel in a distributed run, torch.compile'd for compile=torch), `infer` what evaluation
+    calls (never the DDP wrapper: each rank evaluates its own block without collectives), `model` the plain
+    module whose weights checkpoints keep (so no `module.` prefixes)."""
 
     model: Classifier
     net: nn.Module
+    infer: nn.Module
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
@@ -121,19 +125,26 @@ class Training:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def build_training(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, steps_per_epoch: int) -> Training:
-    """Model (memory format, compile mode), loss, optimizer, scheduler and loss scaler as the config asks.
+def build_training(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, steps_per_epoch: int, *,
+                   distributed: bool = False) -> Training:
+    """Model (memory format, DDP, compile mode), loss, optimizer, scheduler and loss scaler as the config asks.
 
     fmnist-train and scripts/bench.py both build through here, so the benchmark measures what users run.
+    DistributedDataParallel broadcasts rank 0's initial weights and averages gradients in backward.
     """
     model = build_model(cfg).to(device)
     if use_channels_last(model, device, cfg.channels_last):
         model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if cfg.compile == "torch" else model
+    net: nn.Module = model
+    if distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile == "torch":
+        net = torch.compile(net)
+    infer = model if distributed else net
     optimizer = build_optimizer(cfg, model.parameters(), device)
     scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
-    return Training(model, net, build_loss(cfg).to(device), optimizer, scheduler, interval, scaler)
+    return Training(model, net, infer, build_loss(cfg).to(device), optimizer, scheduler, interval, scaler)
 
 
 def check_weights_fit(cfg: TrainConfig, weights: dict[str, torch.Tensor], source: str) -> None:
