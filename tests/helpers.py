@@ -99,6 +99,22 @@ def cli(tool: str, *args: str, cwd: Path, check: bool = True) -> subprocess.Comp
     return proc
 
 
+def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=N --no-python fmnist-train ARGS`, as the README says."""
+    launcher = Path(sys.executable).with_name("torchrun")
+    command = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    return [*command, "--standalone", f"--nproc_per_node={nproc}", "--no-python", console_script("fmnist-train"),
+            *args]
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """A distributed fmnist-train run that must succeed."""
+    proc = subprocess.run(torchrun_command(*args, nproc=nproc), cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    return proc
+
+
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
     """A user's mistake as the CLI contract says: exit code 2, no traceback, one `TOOL: error:` line, the last."""
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)

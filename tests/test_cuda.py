@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, cli, settings
+from helpers import FAST, cli, settings, torchrun
 
 from fmnist.data.batches import make_batches
 from fmnist.runtime import resolve_precision
@@ -68,3 +68,14 @@ def test_cli_trains_on_cuda_and_the_cpu_reads_the_checkpoint(tmp_path: Path, ext
 def test_bf16_is_the_cuda_default():
     if torch.cuda.is_bf16_supported():
         assert resolve_precision(settings().precision, torch.device("cuda")) is torch.bfloat16
+
+
+def test_torchrun_on_one_gpu_runs_ddp_over_nccl(tmp_path: Path):
+    """torchrun with one process still takes the distributed path: process group (nccl for CUDA tensors),
+    DistributedDataParallel, reduced metrics; its checkpoint is the plain model."""
+    proc = torchrun("device=cuda", "model=cnn", "model.channels=[8,16]", "model.hidden=[32]", "dataset=fashion",
+                    *FAST, "hydra.run.dir=run", cwd=tmp_path, nproc=1)
+    assert "distributed: 1 processes" in proc.stdout + proc.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["test"]["samples"] == 100
+    cli("fmnist-eval", f"ckpt={tmp_path / 'run' / 'best.pt'}", "device=cpu", cwd=tmp_path)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, cli, console_script, one_line_error
+from helpers import FAST, cli, one_line_error, torchrun, torchrun_command
 
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.data.batches import Shard
@@ -25,21 +23,6 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 # Deterministic model (no dropout, no BatchNorm) and a global batch whose every step splits evenly in two.
 PLAIN = ("model=mlp", "model.dropout=0", "dataset=fashion", "epochs=1", "batch_size=32", "seed=5",
          "progress=false")
-
-
-def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
-    """`torchrun --standalone --nproc_per_node=N --no-python fmnist-train ARGS`, as the README says."""
-    launcher = Path(sys.executable).with_name("torchrun")
-    command = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    return [*command, "--standalone", f"--nproc_per_node={nproc}", "--no-python", console_script("fmnist-train"),
-            *args]
-
-
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(torchrun_command(*args), cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
-    return proc
 
 
 def wait_until_free(run: Path, timeout: float = 60) -> None:
@@ -77,10 +60,10 @@ def test_ranks_come_from_torchrun_or_slurm(monkeypatch):
     for key, value in {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
                        "SLURM_TASKS_PER_NODE": "2(x2)"}.items():
         monkeypatch.setenv(key, value)
-    assert current_world() == World(rank=3, size=4, local_rank=1, local_size=2)
+    assert current_world() == World(rank=3, size=4, local_rank=1, local_size=2, launched=True)
     for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
-    assert current_world() == World(rank=1, size=2, local_rank=1, local_size=2)  # torchrun's word first
+    assert current_world() == World(rank=1, size=2, local_rank=1, local_size=2, launched=True)  # torchrun first
 
 
 def test_two_ranks_one_run_directory_written_by_rank_zero(tmp_path):
@@ -164,3 +147,20 @@ def test_sigterm_stops_every_rank_and_rank_zero_saves(tmp_path):
     assert metrics["status"] == "interrupted" and "SIGTERM" in metrics["error"], (metrics, err)
     torchrun(*recipe, "hydra.run.dir=run", "resume=auto", cwd=tmp_path)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_nan_loss_stops_every_rank_with_one_message(tmp_path):
+    proc = subprocess.run(torchrun_command(*PLAIN, "optimizer=sgd", "optimizer.lr=1e12", "hydra.run.dir=run"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "NaN/inf" in metrics["error"]
+    errors = {line for line in proc.stderr.splitlines() if line.startswith("fmnist-train: error:")}
+    assert len(errors) == 1 and "the training loss became NaN/inf" in errors.pop(), proc.stderr  # alike in all ranks
+
+
+def test_the_dataloader_path_shards_with_distributed_sampler(tmp_path):
+    torchrun(*PLAIN, "data.loader=torchvision", "num_workers=0", "hydra.run.dir=run", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["test"]["samples"] == 100
+    assert metrics["history"][0]["train_acc"] > 0  # sums over both ranks' shares

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist.errors import UserError
-from fmnist.world import run_pid, run_started
+from fmnist.world import World, run_pid, run_started
 
 
 def config_dir() -> Path:
@@ -342,13 +342,13 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     return _train_settings(resolved)
 
 
-def check_world(cfg: TrainConfig, world_size: int) -> TrainConfig:
-    """The rules a run of `world_size` processes (torchrun) adds: batch_size is the global batch, split evenly."""
-    if world_size == 1:
+def check_world(cfg: TrainConfig, world: World) -> TrainConfig:
+    """The rules a distributed run (torchrun, SLURM tasks) adds: batch_size is the global batch, split evenly."""
+    if not world.launched:
         return cfg
-    if cfg.batch_size % world_size:
-        raise UserError(f"batch_size={cfg.batch_size} is the global batch and must divide by the {world_size} "
-                        f"processes of this run: use a multiple of {world_size}")
+    if cfg.batch_size % world.size:
+        raise UserError(f"batch_size={cfg.batch_size} is the global batch and must divide by the {world.size} "
+                        f"processes of this run: use a multiple of {world.size}")
     if cfg.compile == "cudagraph":
         raise UserError("compile=cudagraph does not run in a distributed run (torchrun): use compile=none or torch")
     if cfg.on_nan == "skip_batch":

@@ -27,6 +27,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1  # ranks on this machine (they share its cores)
+    launched: bool = False  # started by a distributed launcher (torchrun, even with one process; SLURM tasks)
 
     @property
     def main(self) -> bool:
@@ -40,11 +41,11 @@ def current_world() -> World:
     try:
         if "RANK" in env and "WORLD_SIZE" in env:
             world = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")),
-                          int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])))
+                          int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])), launched=True)
         elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
             per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or env["SLURM_NTASKS"]
             world = World(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
-                          int(per_node.split("(")[0].split(",")[0]))  # "4(x2)": 4 tasks on each of 2 nodes
+                          int(per_node.split("(")[0].split(",")[0]), launched=True)  # "4(x2)": 4 on each of 2 nodes
         else:
             return World()
     except ValueError:

@@ -27,13 +27,13 @@ log = logging.getLogger("fmnist")
 
 def checked(cfg: DictConfig) -> TrainConfig:
     """The validated settings, for as many processes as this run has."""
-    return check_world(train_config(cfg), current_world().size)
+    return check_world(train_config(cfg), current_world())
 
 
 def join_world() -> None:
     """Join the other ranks of a distributed run (a no-op for one process)."""
     world = current_world()
-    if world.size > 1:
+    if world.launched:
         from fmnist.train.distributed import join
 
         join(world)
@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> float:
         log.info("cpu threads %d (threads=%s, %d usable cores, %d process%s side by side, OMP_WAIT_POLICY=%s)",
                  threads, settings.threads, usable_cores(), side_by_side, "es" if side_by_side > 1 else "",
                  os.environ.get("OMP_WAIT_POLICY"))
-        if world.size > 1:
+        if world.launched:
             log.info("distributed: %d processes, global batch %d = %d per process", world.size,
                      settings.batch_size, settings.batch_size // world.size)
         result = run_training(settings, out_dir, choices, world)

@@ -70,7 +70,8 @@ class Collective:
 
     @property
     def distributed(self) -> bool:
-        return self.world.size > 1
+        """Under a launcher, even with one process: torchrun with one GPU runs the same DDP code as with eight."""
+        return self.world.launched
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over the ranks, in place (on its own device's backend)."""

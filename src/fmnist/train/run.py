@@ -78,7 +78,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     started = time.perf_counter()
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed is not None:
-        cfg = check_world(resumed_config(resumed, resume_from, cfg), ranks.world.size)
+        cfg = check_world(resumed_config(resumed, resume_from, cfg), ranks.world)
         choices = resumed.get("choices", choices)
     else:
         run.record_status("running")
