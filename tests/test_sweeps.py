@@ -15,6 +15,13 @@ from helpers import FAST, assert_real_png, cli, console_script
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def needs_plugin(name: str, extra: str) -> pytest.MarkDecorator:
+    """Skip unless the Hydra plugin `hydra_plugins.hydra_<name>` is installed (it comes with fmnist[extra])."""
+    missing = importlib.util.find_spec(f"hydra_plugins.hydra_{name}") is None
+    return pytest.mark.skipif(missing, reason=f"hydra-{name.replace('_', '-')} is not installed "
+                                              f"(pip install .[{extra}])")
+
+
 def summary(sweep: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
 
@@ -83,8 +90,7 @@ def test_runs_started_together_never_share_a_directory(tmp_path: Path):
     assert len(runs) == 3 and all((r / "best.pt").is_file() for r in runs)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
-                    reason="hydra-joblib-launcher is not installed (pip install .[sweep])")
+@needs_plugin("joblib_launcher", "sweep")
 def test_parallel_jobs_never_ask_for_more_threads_than_cores(tmp_path: Path):
     cli("fmnist-train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp",
         "optimizer.lr=1e-3,2e-3", "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
@@ -95,8 +101,7 @@ def test_parallel_jobs_never_ask_for_more_threads_than_cores(tmp_path: Path):
            "OMP_WAIT_POLICY=PASSIVE)" in (tmp_path / "sweep" / "0" / "train.log").read_text()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
-                    reason="hydra-joblib-launcher is not installed (pip install .[sweep])")
+@needs_plugin("joblib_launcher", "sweep")
 def test_the_parallel_launcher_fits_the_jobs_to_the_cores(tmp_path: Path):
     cli("fmnist-train", "--multirun", "hydra/launcher=parallel", "threads=1", "model=mlp", "optimizer.lr=1e-3,2e-3",
         "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
@@ -106,8 +111,7 @@ def test_the_parallel_launcher_fits_the_jobs_to_the_cores(tmp_path: Path):
            (tmp_path / "sweep" / "1" / "train.log").read_text()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-                    reason="hydra-optuna-sweeper is not installed (pip install .[sweep])")
+@needs_plugin("optuna_sweeper", "sweep")
 def test_optuna_search_survives_a_crashing_trial(tmp_path: Path):
     # lr is either fine or diverges; with this sampler seed the first trial crashes and a later one completes.
     proc = cli("fmnist-train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=5",
@@ -168,8 +172,7 @@ def test_ctrl_c_during_a_sweep_leaves_a_summary_of_what_finished(tmp_path: Path)
     assert rows["1"]["status"] == "interrupted" and "resume" in rows["1"]["error"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
-                    reason="hydra-submitit-launcher is not installed (pip install .[cluster])")
+@needs_plugin("submitit_launcher", "cluster")
 def test_submitit_local_sweep_writes_its_jobs_and_the_summary(tmp_path: Path):
     """Hydra's submitit launcher (the SLURM preset's local twin) runs each job as its own submitted process."""
     cli("fmnist-train", "--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=mlp",
