@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist.artifacts.tracking import LOGGERS, check_available
 from fmnist.errors import UserError
 from fmnist.world import World, run_pid, run_started
 
@@ -187,6 +188,16 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("scheduler.gamma", _number_in(0, 1, lo_open=True, hi_open=False), "a number in (0, 1]",
          required=False),
     Rule("loss.label_smoothing", _number_in(0, 1), "a number in [0, 1)", required=False),
+    Rule("logger", lambda v: isinstance(v, dict) and set(v) <= set(LOGGERS),
+         f"one or more of {', '.join(LOGGERS)}, e.g. logger=[csv,tensorboard]", required=False),
+    Rule("logger.tensorboard.log_dir", lambda v: v is None or isinstance(v, str), "null or a directory",
+         required=False),
+    Rule("logger.tensorboard.every_steps", _int_at_least(1, 2**31 - 1), "an integer >= 1", required=False),
+    Rule("logger.mlflow.tracking_uri", lambda v: v is None or (isinstance(v, str) and v != ""),
+         "null (a file store in the output root) or a tracking URI", required=False),
+    Rule("logger.mlflow.experiment", lambda v: isinstance(v, str) and 0 < len(v) <= 256,
+         "an experiment name", required=False),
+    Rule("logger.mlflow.log_checkpoint", _is_bool, "true or false", required=False),
 )
 
 
@@ -262,6 +273,7 @@ def _check_train_combinations(cfg: DictConfig) -> None:
         if cfg.device in ("cpu", "mps"):
             raise UserError(f"compile=cudagraph needs a CUDA device, not device={cfg.device}; use compile=none "
                             f"or compile=torch")
+    check_available(OmegaConf.to_container(cfg.logger) if "logger" in cfg else {})
     if len(cfg.dataset.classes) != cfg.dataset.num_classes:
         raise UserError(
             f"dataset.classes has {len(cfg.dataset.classes)} names but dataset.num_classes="
@@ -332,6 +344,7 @@ class TrainConfig:
     tta: str = "none"  # test-time augmentation of the final test: none | flip
     resume: str | None = None
     trust: frozenset[str] = frozenset()
+    loggers: dict[str, dict[str, Any]] = field(default_factory=dict)  # logger=: name -> its settings
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
@@ -391,7 +404,7 @@ def _train_settings(c: dict[str, Any]) -> TrainConfig:
         channels_last=c.get("channels_last", "auto"), threads=c.get("threads", "auto"), progress=c["progress"],
         checkpoint_every_steps=c.get("checkpoint_every_steps") or 0, on_nan=c.get("on_nan", "stop"),
         skip_batch_limit=c.get("skip_batch_limit", 0.25), tta=c.get("tta", "none"), resume=c.get("resume"),
-        trust=frozenset(c.get("trust") or ()),
+        trust=frozenset(c.get("trust") or ()), loggers={k: v or {} for k, v in (c.get("logger") or {}).items()},
     )
 
 

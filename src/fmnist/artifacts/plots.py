@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fmnist.artifacts.atomic import write_atomically  # noqa: E402
+from fmnist.artifacts.report import Mistakes  # noqa: E402
 
 GOOD, BAD, NEUTRAL = "#2a9d4b", "#d1352b", "#4c72b0"
 
@@ -35,27 +37,47 @@ def _as_display(image: torch.Tensor) -> tuple[np.ndarray, str | None]:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch, train and validation, side by side."""
+    """Loss and accuracy per epoch, train and validation, side by side; the best epoch (the weights kept in
+    best.pt) is marked. A short run keeps a readable epoch axis (no lone dot on a 0.96-1.04 scale)."""
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    val_acc = [100 * r["val_acc"] for r in history]
     ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [100 * r["val_acc"] for r in history], "s-", label="validation")
+    ax_acc.plot(epochs, val_acc, "s-", label="validation")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    finite = [(e, a) for e, a in zip(epochs, val_acc, strict=True) if np.isfinite(a)]
+    if finite:
+        best_epoch, best_acc = max(finite, key=lambda p: p[1])  # the first of equals, as training keeps it
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(best_epoch, color=GOOD, linestyle=":", linewidth=1)
+        ax_acc.plot([best_epoch], [best_acc], "*", color=GOOD, ms=14, zorder=5,
+                    label=f"best: epoch {best_epoch}, {best_acc:.2f}%")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        _epoch_axis(ax, epochs)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
 
 
+def _epoch_axis(ax: plt.Axes, epochs: list[int]) -> None:
+    """Whole epochs on the x axis, with room on both sides: a 1-epoch run is one tick, not a 0.96-1.04 scale."""
+    if not epochs:
+        return
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    if max(epochs) - min(epochs) < 12:
+        ax.set_xticks(range(min(epochs), max(epochs) + 1))
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+
+
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str = "") -> Path:
-    """Counts on the left, row-normalised (recall per true class) on the right."""
+    """Counts on the left, row-normalised (recall per true class) on the right; empty cells stay blank."""
     counts = confusion.cpu().numpy()
     rows = counts.sum(1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
@@ -72,8 +94,9 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, 
         threshold = data.max() / 2 if data.max() > 0 else 1
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
-                        color="white" if data[i, j] > threshold else "black")
+                if counts[i, j]:
+                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="white" if data[i, j] > threshold else "black")
     axes[0].set_title("Confusion matrix (counts)")
     axes[1].set_title("Row-normalised")
     if title:
@@ -83,7 +106,8 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, 
 
 
 def plot_per_class(report: dict[str, Any], path: Path, title: str = "") -> Path:
-    """Per-class accuracy as sorted horizontal bars, overall accuracy as a line."""
+    """Per-class accuracy as sorted horizontal bars from 0 (a truncated axis exaggerates differences),
+    overall accuracy as a line."""
     rows = sorted(report["classes"], key=lambda r: r["accuracy"])
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
     accs = [100 * r["accuracy"] for r in rows]
@@ -93,28 +117,28 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.axvline(overall, color=BAD, linestyle="--", label=f"overall {overall:.2f}%")
     for bar, acc in zip(bars, accs, strict=True):
         ax.text(bar.get_width() + 0.3, bar.get_y() + bar.get_height() / 2, f"{acc:.1f}", va="center", fontsize=8)
-    ax.set(xlabel="accuracy (%)", xlim=(max(0.0, min(accs) - 10), 101), title=title or "Per-class accuracy")
+    ax.set(xlabel="accuracy (%)", xlim=(0, 108), title=title or "Per-class accuracy")
     ax.legend(loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[str], confidence: list[float],
-                       path: Path, title: str = "Most confidently wrong") -> Path:
-    """A grid of images with their true and predicted labels and the model's confidence."""
-    n = len(images)
+def plot_mistakes(mistakes: Mistakes, class_names: list[str], path: Path) -> Path:
+    """The most confidently misclassified images with their true and predicted labels and the confidence."""
+    n = len(mistakes.images)
     cols = min(6, max(n, 1))
     grid_rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(grid_rows, cols, figsize=(2.1 * cols, 2.4 * grid_rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, t, p, c in zip(axes.flat, images, true, predicted, confidence, strict=False):
+    for ax, image, t, p, c in zip(axes.flat, mistakes.images, mistakes.true, mistakes.predicted,
+                                  mistakes.confidence, strict=False):
         array, cmap = _as_display(image)
         ax.imshow(array, cmap=cmap)
-        ax.set_title(f"true: {t}\npred: {p} ({c:.0%})", fontsize=8, color=BAD)
+        ax.set_title(f"true: {class_names[t]}\npred: {class_names[p]} ({c:.0%})", fontsize=8, color=BAD)
     if n == 0:
         axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    fig.suptitle(title)
+    fig.suptitle(f"Most confidently wrong ({mistakes.wrong} of {mistakes.total} misclassified)")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -158,11 +182,13 @@ def plot_sweep(rows: list[dict[str, Any]], parameter: str | None, path: Path) ->
     for r in sorted(done, key=lambda r: int(r["job"]) if r["job"].isdigit() else 0):
         epochs = [h["epoch"] for h in r["history"]]
         style = "x--" if r["status"] == "failed" else "o-"
-        ax.plot(epochs, [100 * h["val_acc"] for h in r["history"]], style, ms=3,
-                label=f"#{r['job']} {r['overrides']}"[:60].replace("$", r"\$"))  # text, never mathtext
+        size = 3 if len(epochs) > 1 else 7
+        label = textwrap.shorten(f"#{r['job']} {r['swept']}", width=60, placeholder=" ...")  # whole words
+        ax.plot(epochs, [100 * h["val_acc"] for h in r["history"]], style, ms=size,
+                label=label.replace("$", r"\$"))  # text, never mathtext
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{len(rows)} jobs")
     ax.grid(alpha=0.3)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_axis(ax, [h["epoch"] for r in done for h in r["history"]])
     if done and len(done) <= 12:
         ax.legend(fontsize=7)
     if parameter:

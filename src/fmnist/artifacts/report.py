@@ -1,10 +1,35 @@
-"""Per-class numbers from a confusion matrix, and the table fmnist-eval prints."""
+"""Per-class numbers from a confusion matrix, the table fmnist-eval prints, and the test images a model
+got most confidently wrong."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+MISTAKES_SHOWN = 24
+
+
+@dataclass
+class Mistakes:
+    """The misclassified images a model was surest about, most confident first."""
+
+    images: torch.Tensor  # (K, C, H, W) uint8
+    true: list[int]
+    predicted: list[int]
+    confidence: list[float]
+    wrong: int  # of `total` images
+    total: int
+
+
+def most_confident_mistakes(images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
+                            shown: int = MISTAKES_SHOWN) -> Mistakes:
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:shown]
+    return Mistakes(images[order], [int(labels[i]) for i in order], [int(predicted[i]) for i in order],
+                    [float(confidence[i]) for i in order], len(wrong), len(labels))
 
 
 def class_report(confusion: torch.Tensor, class_names: list[str]) -> dict[str, Any]:

@@ -2,14 +2,19 @@
 
     best.pt  last.pt            checkpoints (best validation accuracy; the latest state, to resume from)
     metrics.json  metrics.csv   per-epoch history, the run's status and summary, its test result
-    curves.png  confusion_matrix.png
-    eval-<split>/               fmnist-eval's eval.json and figures, by default
+    curves.png  confusion_matrix.png  misclassified.png
+    report.html                 one self-contained page: config, metrics, figures, status (also when it failed)
+    tensorboard/  .mlflow_run.json   with logger=tensorboard / logger=mlflow
+    eval-<split>/               fmnist-eval's eval.json, figures and report.html, by default
+    predictions/                fmnist-predict's pictures, by default
     .fmnist.lock                held while a process trains here
 
 A run directory that already holds a run is refused unless the user asked to resume it, so a repeated
 `hydra.run.dir=...` cannot silently replace best.pt; while a run trains it holds an exclusive lock, so a
 second process pointed at it is refused instead of interleaving its checkpoints with the first one's.
-Everything is written through `atomic.write_atomically`: readers never see half a file.
+Everything is written through `atomic.write_atomically`: readers never see half a file. The trackers
+(`logger=`, artifacts/tracking.py) hear from here too: each epoch as its metrics are written, the end of
+the run as its report is.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import csv
 import fcntl
 import io
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -29,18 +35,24 @@ import torch
 
 from fmnist.artifacts.atomic import ensure_dir, write_atomically
 from fmnist.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from fmnist.artifacts.report import Mistakes
+from fmnist.artifacts.tracking import RunInfo, Trackers
 from fmnist.errors import UserError
 
 LAST, BEST = "last.pt", "best.pt"
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
 CURVES, CONFUSION = "curves.png", "confusion_matrix.png"
 EVAL_JSON, PER_CLASS, MISCLASSIFIED = "eval.json", "per_class.png", "misclassified.png"
-PREDICTION = "prediction.png"
+PREDICTIONS = "predictions"
+REPORT = "report.html"
 LOCK_FILE = ".fmnist.lock"
 RUN_FILES = (LAST, BEST, METRICS_JSON)  # any of them means the directory holds a run
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "samples_per_s",
                   "warmup_s")
 OUTPUT_DIRS = (Path("outputs"), Path("multirun"))  # where fmnist-train puts runs by default (conf/train.yaml)
+
+
+log = logging.getLogger("fmnist")
 
 
 class RunDirectoryInUse(UserError):
@@ -53,6 +65,9 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.last, self.best = path / LAST, path / BEST
+        self.trackers = Trackers()
+        self.info: RunInfo | None = None
+        self._epochs_tracked = 0
 
     def existing_run(self) -> str | None:
         """The first file that shows this directory already holds a run, if any."""
@@ -97,6 +112,14 @@ class RunDir:
         """For an error message: what survives of the run."""
         return f"the last good checkpoint is {self.last}" if self.last.exists() else "no checkpoint was written yet"
 
+    def track(self, info: RunInfo, trackers: Trackers, epochs_done: int) -> None:
+        """From now on tell `trackers` what this run records (the epochs after `epochs_done`)."""
+        self.info, self.trackers, self._epochs_tracked = info, trackers, epochs_done
+        trackers.start(info)
+
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        self.trackers.log_step(step, scalars)
+
     def write_history(self, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         """metrics.csv (one row per epoch) and metrics.json (history plus the run's summary and test result)."""
         table = io.StringIO()
@@ -105,6 +128,28 @@ class RunDir:
         writer.writerows({k: row.get(k) for k in HISTORY_FIELDS} for row in history)  # older runs lack warmup_s
         write_atomically(self.path / METRICS_CSV, lambda tmp: tmp.write_text(table.getvalue()))
         self._write_metrics({**summary, **written_by(), "history": history})
+        for row in history[self._epochs_tracked:]:
+            self.trackers.log_epoch(row)
+        self._epochs_tracked = len(history)
+
+    def finish(self, status: str) -> None:
+        """The end of the run, however it ended: report.html from what the directory holds, then the
+        trackers get the final metrics and the files. A completed run's report must be written (a full disk
+        is an error); a failed or interrupted run's is best effort, its own error being the one to report."""
+        from fmnist.artifacts.html import run_page
+
+        metrics, _ = read_metrics(self.path)
+        info = self.info
+        try:
+            page = run_page(metrics, self.path, name=info.name if info else self.path.name,
+                            config=info.config if info else {}, command=info.command if info else "")
+            write_atomically(self.path / REPORT, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+        except UserError:
+            if status == "completed":
+                raise
+            log.warning("could not write %s", self.path / REPORT)
+        files = [self.path / name for name in (BEST, CURVES, CONFUSION, MISCLASSIFIED, METRICS_CSV, REPORT)]
+        self.trackers.finish(status, metrics, [f for f in files if f.is_file()])
 
     def record_status(self, status: str, error: str | None = None) -> None:
         """Set metrics.json's status ("running", "failed", "interrupted"), keeping whatever history it has.
@@ -130,12 +175,14 @@ class RunDir:
         write_atomically(self.path / METRICS_JSON, lambda tmp: tmp.write_text(text))
 
     def write_figures(self, history: list[dict[str, Any]], confusion: torch.Tensor, class_names: list[str],
-                      title: str, test_accuracy: float) -> None:
-        from fmnist.artifacts.plots import plot_confusion, plot_curves  # matplotlib: only when drawing
+                      title: str, test_accuracy: float, mistakes: Mistakes | None = None) -> None:
+        from fmnist.artifacts.plots import plot_confusion, plot_curves, plot_mistakes  # matplotlib: when drawing
 
         plot_curves(history, self.path / CURVES, title=title)
         plot_confusion(confusion, class_names, self.path / CONFUSION,
                        title=f"{title}: test accuracy {test_accuracy:.2%}")
+        if mistakes is not None:
+            plot_mistakes(mistakes, class_names, self.path / MISCLASSIFIED)
 
 
 class FollowerRunDir(RunDir):
@@ -159,7 +206,13 @@ class FollowerRunDir(RunDir):
         pass
 
     def write_figures(self, history: list[dict[str, Any]], confusion: torch.Tensor, class_names: list[str],
-                      title: str, test_accuracy: float) -> None:
+                      title: str, test_accuracy: float, mistakes: Mistakes | None = None) -> None:
+        pass
+
+    def track(self, info: RunInfo, trackers: Trackers, epochs_done: int) -> None:
+        pass  # rank 0 alone tells the trackers
+
+    def finish(self, status: str) -> None:
         pass
 
 
@@ -184,7 +237,8 @@ def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str]:
 
 def latest_checkpoint(search_dirs: tuple[Path, ...] = OUTPUT_DIRS) -> Path:
     """best.pt of the most recent training run under the output directories."""
-    found = [p for d in search_dirs if d.is_dir() for p in d.rglob(BEST)]
+    # A run directory holds metrics.json beside best.pt (a tracker's copy of best.pt, in mlartifacts/, does not).
+    found = [p for d in search_dirs if d.is_dir() for p in d.rglob(BEST) if (p.parent / METRICS_JSON).is_file()]
     if not found:
         where = " or ".join(f"{d}/" for d in search_dirs)
         raise UserError(f"no trained model found under {where} (looked for {BEST}): train one with "

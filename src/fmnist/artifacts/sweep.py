@@ -23,13 +23,15 @@ from typing import Any
 import yaml
 
 from fmnist.artifacts.atomic import write_atomically
-from fmnist.artifacts.rundir import RunDir, RunDirectoryInUse, read_metrics
+from fmnist.artifacts.html import sweep_page
+from fmnist.artifacts.rundir import BEST, REPORT, RunDir, RunDirectoryInUse, latest_checkpoint, read_metrics
+from fmnist.artifacts.tracking import MLFLOW_SWEEP_MEMO
 from fmnist.config import usable_cores
 from fmnist.errors import Interrupted, UserError
 
 log = logging.getLogger("fmnist")
 
-COLUMNS = ("job", "status", "overrides", "best_val_acc", "test_acc", "epochs", "seconds", "error")
+COLUMNS = ("job", "status", "swept", "best_val_acc", "test_acc", "epochs", "seconds", "error", "overrides")
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -62,11 +64,24 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
             "history": history,
             "params": dict(o.split("=", 1) for o in overrides if "=" in o),
         })
+    common = common_overrides(rows)
+    for r in rows:
+        r["swept"] = " ".join(o for o in r["overrides"].split() if o not in common) or r["overrides"]
     rows.sort(key=lambda r: (r["status"] in FAILED, -(r["best_val_acc"] or -1.0), _job_number(r["job"])))
     return rows
 
 
+def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """The overrides every job of the sweep shares (epochs=1 dataset.root=...): said once, not on every row.
+    With one job, none: its overrides are what tells it apart."""
+    if len(rows) < 2:
+        return []
+    first = rows[0]["overrides"].split()
+    return [o for o in first if all(o in r["overrides"].split() for r in rows[1:])]
+
+
 FAILED = ("failed", "crashed", "interrupted", "unreadable")
+SWEEP_PNG = "sweep.png"
 
 
 def _read_overrides(path: Path) -> list[str]:
@@ -111,8 +126,23 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     write_atomically(sweep_dir / "sweep_summary.csv", lambda tmp: tmp.write_text(table.getvalue()))
     write_atomically(sweep_dir / "sweep_summary.md", lambda tmp: tmp.write_text(_markdown(rows)))
     if rows:
-        plot_sweep(rows, swept_numeric_parameter(rows), sweep_dir / "sweep.png")
+        plot_sweep(rows, swept_numeric_parameter(rows), sweep_dir / SWEEP_PNG)
+    page = sweep_page(rows, sweep_dir, common_overrides(rows))
+    write_atomically(sweep_dir / REPORT, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return rows
+
+
+def close_trackers(sweep_dir: Path, failed: bool) -> None:
+    """End the sweep's parent run in MLflow (logger=mlflow made one), with the sweep's page attached. A
+    tracker's failure here is one warning: the sweep's own files are written already."""
+    if not (sweep_dir / MLFLOW_SWEEP_MEMO).is_file():
+        return
+    try:
+        from fmnist.artifacts.mlflow_tracker import close_sweep
+
+        close_sweep(sweep_dir, failed, [sweep_dir / name for name in (REPORT, "sweep_summary.csv", SWEEP_PNG)])
+    except Exception as exc:  # noqa: BLE001 - a tracker never fails the sweep
+        log.warning("logger mlflow: could not close the sweep's parent run (%s: %s)", type(exc).__name__, exc)
 
 
 def swept_numeric_parameter(rows: list[dict[str, Any]]) -> str | None:
@@ -129,10 +159,12 @@ def swept_numeric_parameter(rows: list[dict[str, Any]]) -> str | None:
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| job | status | overrides | best val acc | test acc | epochs | seconds | error |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    common = common_overrides(rows)
+    lines = [f"Overrides of every job: `{' '.join(common)}`\n"] if common else []
+    lines += ["| job | status | swept | best val acc | test acc | epochs | seconds | error |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
-        lines.append(f"| {r['job']} | {r['status']} | `{r['overrides']}` | {_pct(r['best_val_acc'])} | "
+        lines.append(f"| {r['job']} | {r['status']} | `{r['swept']}` | {_pct(r['best_val_acc'])} | "
                      f"{_pct(r['test_acc'])} | {r['epochs']} | {_num(r['seconds'])} | {r['error'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
@@ -157,10 +189,29 @@ def report(sweep_dir: Path) -> int:
     for r in rows[:5]:
         if r["status"] not in FAILED:
             log.info("  job %s  val %s  test %s  %s", r["job"], _pct(r["best_val_acc"]), _pct(r["test_acc"]),
-                     r["overrides"])
+                     r["swept"])
     for r in failed:
-        log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], r["overrides"])
+        log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], r["swept"])
     return len(failed)
+
+
+def default_checkpoint() -> Path:
+    """What fmnist-eval and fmnist-predict use without ckpt=: the latest run's best.pt, or when the latest
+    run was a job of a sweep, the best job's (highest validation accuracy) of that sweep."""
+    latest = latest_checkpoint()
+    sweep_dir = latest.parent.parent
+    if any((sweep_dir / name).is_file() for name in SWEEP_MARKERS):
+        done = [r for r in collect(sweep_dir) if r["status"] == "completed" and (sweep_dir / r["job"] / BEST).is_file()]
+        if done:
+            best = done[0]
+            log.info("no ckpt= given: the best job of the latest sweep, %s (job %s, val %s, %s)",
+                     sweep_dir / best["job"] / BEST, best["job"], _pct(best["best_val_acc"]), best["swept"])
+            return sweep_dir / best["job"] / BEST
+    log.info("no ckpt= given: the latest run's %s", latest)
+    return latest
+
+
+SWEEP_MARKERS = ("multirun.yaml", "sweep_summary.csv")  # Hydra's record of a sweep, and ours
 
 
 # ---- one job of a sweep ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Hydra callbacks (named in conf/train.yaml): the sweep summary, kept current while a --multirun runs."""
+"""Hydra callbacks (named in conf/train.yaml): the sweep summary and page, kept current while a --multirun
+runs; at its end, the sweep's parent run in MLflow is closed."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ class SummaryCallback(Callback):
             write_summary(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from fmnist.artifacts.sweep import report
+        from fmnist.artifacts.sweep import close_trackers, report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir() and report(sweep_dir):
+        if not sweep_dir.is_dir():
+            return
+        failed = report(sweep_dir)
+        close_trackers(sweep_dir, failed > 0)
+        if failed:
             sys.exit(1)

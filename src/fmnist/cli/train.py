@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -52,6 +54,7 @@ def quiet_follower() -> None:
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
     from fmnist.artifacts.sweep import parallel_jobs, run_job
+    from fmnist.artifacts.tracking import Launch
     from fmnist.runtime import configure_threads
     from fmnist.train.run import run_training
 
@@ -65,6 +68,9 @@ def main(cfg: DictConfig) -> float:
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v}
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     launcher = hydra_cfg.get("launcher") or {}
+    # The command that reproduces this run: a sweep job's own overrides, or the command line as typed.
+    launch = Launch(shlex.join(["fmnist-train", *hydra_cfg.overrides.task]), Path(hydra_cfg.sweep.dir),
+                    hydra_cfg.job.num) if multirun else Launch(shlex.join(["fmnist-train", *sys.argv[1:]]))
 
     def train() -> float:
         settings = checked(cfg)  # validated before anything acts on a value
@@ -77,7 +83,7 @@ def main(cfg: DictConfig) -> float:
         if world.launched:
             log.info("distributed: %d processes, global batch %d = %d per process", world.size,
                      settings.batch_size, settings.batch_size // world.size)
-        result = run_training(settings, out_dir, choices, world)
+        result = run_training(settings, out_dir, choices, world, launch)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
                  100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, result.out_dir)
         return result.best_val_acc

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fmnist.artifacts.atomic import ensure_dir, write_atomically
-from fmnist.artifacts.plots import plot_confusion, plot_misclassified, plot_per_class
-from fmnist.artifacts.report import class_report, format_report
-from fmnist.artifacts.rundir import CONFUSION, EVAL_JSON, MISCLASSIFIED, PER_CLASS, eval_dir
+from fmnist.artifacts.html import eval_page
+from fmnist.artifacts.plots import plot_confusion, plot_mistakes, plot_per_class
+from fmnist.artifacts.report import class_report, format_report, most_confident_mistakes
+from fmnist.artifacts.rundir import CONFUSION, EVAL_JSON, MISCLASSIFIED, PER_CLASS, REPORT, eval_dir
 from fmnist.config import EvalConfig
 from fmnist.data.batches import load_split, make_batches
 from fmnist.inference.restore import restore
@@ -22,11 +23,9 @@ from fmnist.train.setup import build_loss
 
 log = logging.getLogger("fmnist")
 
-MISCLASSIFIED_SHOWN = 24
-
 
 def run_eval(settings: EvalConfig) -> dict[str, Any]:
-    """Evaluate, print the table, write eval.json and the figures; returns what eval.json holds."""
+    """Evaluate, print the table, write eval.json, the figures and report.html; returns what eval.json holds."""
     r = restore(settings)
     cfg, split = r.cfg, settings.split
     batches = make_batches(cfg.dataset, split, r.device, batch_size=settings.batch_size or cfg.eval_batch_size,
@@ -62,16 +61,10 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     plot_confusion(result.confusion, r.class_names, out_dir / CONFUSION, title=title)
     assert result.probs is not None and result.labels is not None
     images, _ = load_split(cfg.dataset, split, cfg.seed)
-    _plot_most_confident_mistakes(images, result.probs, result.labels, r.class_names, out_dir / MISCLASSIFIED)
-    log.info("wrote %s, %s, %s, %s in %s", EVAL_JSON, PER_CLASS, CONFUSION, MISCLASSIFIED, out_dir)
+    plot_mistakes(most_confident_mistakes(images, result.probs, result.labels), r.class_names,
+                  out_dir / MISCLASSIFIED)
+    page = eval_page(summary, out_dir, name=r.title, command=shlex.join(["fmnist-eval", *sys.argv[1:]]))
+    write_atomically(out_dir / REPORT, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    log.info("wrote %s, %s, %s, %s, %s in %s", EVAL_JSON, PER_CLASS, CONFUSION, MISCLASSIFIED, REPORT, out_dir)
     return summary
 
-
-def _plot_most_confident_mistakes(images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
-                                  class_names: list[str], path: Path) -> None:
-    confidence, predicted = probs.max(1)
-    wrong = (predicted != labels).nonzero().flatten()
-    order = wrong[confidence[wrong].argsort(descending=True)][:MISCLASSIFIED_SHOWN]
-    plot_misclassified(images[order], [class_names[int(labels[i])] for i in order],
-                       [class_names[int(predicted[i])] for i in order], [float(confidence[i]) for i in order], path,
-                       title=f"Most confidently wrong ({len(wrong)} of {len(labels)} misclassified)")

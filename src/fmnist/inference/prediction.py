@@ -10,7 +10,7 @@ from typing import Any
 
 from fmnist.artifacts.atomic import ensure_dir
 from fmnist.artifacts.plots import plot_prediction
-from fmnist.artifacts.rundir import PREDICTION
+from fmnist.artifacts.rundir import PREDICTIONS
 from fmnist.config import PredictConfig
 from fmnist.data.batches import load_split
 from fmnist.data.transforms import Normalize
@@ -21,7 +21,10 @@ from fmnist.train.loop import predict_probs
 
 
 def run_predict(cfg: PredictConfig, default_out_dir: Path | None = None) -> dict[str, Any]:
-    """Predict, print (text or JSON), save prediction.png; returns the printed result."""
+    """Predict, print (text or JSON), save the picture; returns the printed result.
+
+    The picture is named for its input (prediction-test-42.png, prediction-my_shoe.png), in predictions/
+    beside the checkpoint by default: predicting another image never overwrites an earlier picture."""
     r = restore(cfg)
     ds = r.cfg.dataset
     result: dict[str, Any] = {"checkpoint": str(r.path)}
@@ -30,12 +33,14 @@ def run_predict(cfg: PredictConfig, default_out_dir: Path | None = None) -> dict
         true = None
         result["image"] = str(cfg.image)
         caption = Path(cfg.image).name
+        picture = f"prediction-{_safe_stem(Path(cfg.image).stem)}.png"
     else:
         images, labels = load_split(ds, "test", r.cfg.seed)
         index = _pick_index(cfg.index, cfg.seed, len(labels))
         image, true = images[index], int(labels[index])
         result["index"] = index
         caption = f"test image #{index}"
+        picture = f"prediction-test-{index}.png"
     x = Normalize(ds.mean, ds.std, r.device)(image[None].to(r.device))
     probs = predict_probs(r.model, x, device=r.device, dtype=r.dtype)[0].cpu()
     names = r.class_names
@@ -48,8 +53,8 @@ def run_predict(cfg: PredictConfig, default_out_dir: Path | None = None) -> dict
         "topk": [{"class": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices,
                                                                                     strict=True)],
     })
-    out_dir = ensure_dir(Path(cfg.out_dir) if cfg.out_dir else (default_out_dir or r.path.parent))
-    figure = plot_prediction(image, probs, names, predicted, true, out_dir / PREDICTION, caption=caption)
+    out_dir = ensure_dir(Path(cfg.out_dir) if cfg.out_dir else (default_out_dir or r.path.parent / PREDICTIONS))
+    figure = plot_prediction(image, probs, names, predicted, true, out_dir / picture, caption=caption)
     result["figure"] = str(figure)
     print(json.dumps(_json_safe(result), allow_nan=False) if cfg.format == "json" else _as_text(result))
     return result
@@ -64,6 +69,11 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _safe_stem(stem: str) -> str:
+    """A file name's stem as part of another file name: letters, digits, '-', '_' and '.', at most 64."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:64] or "image"
 
 
 def _pick_index(index: int | None, seed: int | None, n: int) -> int:

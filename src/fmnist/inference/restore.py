@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fmnist.artifacts.checkpoint import load_checkpoint
-from fmnist.artifacts.rundir import latest_checkpoint
+from fmnist.artifacts.sweep import default_checkpoint
 from fmnist.config import InspectConfig, TrainConfig
 from fmnist.errors import UserError, one_line
 from fmnist.models import Classifier
@@ -46,7 +46,7 @@ class Restored:
 
 def restore(settings: InspectConfig) -> Restored:
     """Load settings.ckpt (default: best.pt of the latest run) and rebuild its model on settings.device."""
-    path = Path(settings.ckpt).expanduser() if settings.ckpt else latest_checkpoint()
+    path = Path(settings.ckpt).expanduser() if settings.ckpt else default_checkpoint()
     if not settings.ckpt:
         log.info("using the latest run's checkpoint: %s", path)
     ckpt = load_checkpoint(path)

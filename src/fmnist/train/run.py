@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from fmnist.artifacts.checkpoint import load_checkpoint
-from fmnist.artifacts.report import class_report
+from fmnist.artifacts.report import Mistakes, class_report, most_confident_mistakes
 from fmnist.artifacts.rundir import FollowerRunDir, RunDir
-from fmnist.config import TrainConfig, check_world
-from fmnist.data.batches import Shard, make_batches
+from fmnist.artifacts.tracking import Launch, RunInfo, Trackers, make_trackers, step_interval
+from fmnist.config import TrainConfig, check_world, lookup
+from fmnist.data.batches import Shard, load_split, make_batches
 from fmnist.errors import Interrupted, UserError
 from fmnist.runtime import resolve_device, resolve_precision, seed_everything, show_progress
 from fmnist.train.distributed import Collective
@@ -47,11 +48,12 @@ class RunResult:
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None = None,
-                 world: World = World()) -> RunResult:
+                 world: World = World(), launch: Launch = Launch()) -> RunResult:
     """Train cfg's model on cfg's dataset (or continue `cfg.resume`) and write every artifact into out_dir.
 
     The run directory is claimed first (one process at a time, never over another run unless resuming);
-    from then on any failure is recorded in its metrics.json before it propagates.
+    from then on any failure is recorded in its metrics.json, its report.html and the trackers before it
+    propagates.
     """
     run_dir = RunDir if world.main else FollowerRunDir
     try:
@@ -64,17 +66,19 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
     run = run_dir(resume_from.parent if resume_from is not None else out_dir)
     with run.claim(resuming=bool(cfg.resume)):
         try:
-            return _train(cfg, run, dict(choices or {}), resume_from, Collective(world))
+            return _train(cfg, run, dict(choices or {}), resume_from, Collective(world), launch)
         except Interrupted as exc:
             run.record_status("interrupted", str(exc))
+            run.finish("interrupted")
             raise
         except UserError as exc:
             run.record_status("failed", str(exc))
+            run.finish("failed")
             raise
 
 
 def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: Path | None,
-           ranks: Collective) -> RunResult:
+           ranks: Collective, launch: Launch) -> RunResult:
     started = time.perf_counter()
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed is not None:
@@ -83,6 +87,10 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     else:
         run.record_status("running")
     world = ranks.world
+    title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
+    info = RunInfo(run.path, title, cfg.resolved, _hparams(cfg, choices), launch, resumed=resumed is not None)
+    run.track(info, make_trackers(cfg.loggers, run.path) if world.main else Trackers(),
+              int(resumed["epoch"]) if resumed is not None else 0)
     device = resolve_device(cfg.device, world.local_rank if ranks.distributed else None)
     dtype = resolve_precision(cfg.precision, device)
     progress = show_progress(cfg.progress) and world.main
@@ -111,7 +119,8 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
         try:
             for train in train_epochs(runner, train_batches, state.epochs_done + 1, cfg.epochs, start=state.partial,
                                       data_rng=state.partial_data_rng, progress=progress,
-                                      after_step=_step_hook(cfg, run, stop, checkpoint, ranks), ranks=ranks):
+                                      after_step=_step_hook(cfg, run, stop, checkpoint, ranks, t.optimizer,
+                                                            len(train_batches)), ranks=ranks):
                 if not train.completed:
                     run.save_last(checkpoint("interrupted", train))
                     raise _interrupted(stop, run, f"epoch {train.epoch} step {train.steps}")
@@ -137,32 +146,73 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     ranks.barrier()  # rank 0 has written best.pt
     best = run.load_best(device)
     t.model.load_state_dict(best["model"])
+    # Under DDP each rank holds its block's probabilities only: the grid of mistakes is left out there.
+    keep_probs = not ranks.distributed
     result = evaluate(t.model, test_batches, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
-                      progress=progress, desc="test", tta=cfg.tta == "flip", ranks=ranks)
+                      progress=progress, desc="test", tta=cfg.tta == "flip", keep_probs=keep_probs, ranks=ranks)
     test = {**test_summary(result, list(cfg.dataset.classes), state.best_epoch), "tta": cfg.tta}
     # Figures first, "completed" last: a run whose artifacts were not all written never claims to be done.
-    title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
-    run.write_figures(state.history, result.confusion, list(cfg.dataset.classes), title, result.accuracy)
+    run.write_figures(state.history, result.confusion, list(cfg.dataset.classes), title, result.accuracy,
+                      _mistakes(cfg, result) if keep_probs and world.main else None)
     best["metrics"].update(test=test, status="completed")
     run.save_best(best)
     summary = {**state.summary("completed"), "test": test, "seconds": time.perf_counter() - started}
     run.write_history(state.history, summary)
+    run.finish("completed")
     return RunResult(run.path, state.best_epoch, state.best_val_acc, test, summary["seconds"])
 
 
+HPARAM_KEYS = ("epochs", "batch_size", "seed", "precision", "tta", "optimizer.lr", "optimizer.weight_decay",
+               "optimizer.momentum", "loss.label_smoothing")
+
+
+def _hparams(cfg: TrainConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """What tells runs apart in a tracker's table: the config groups chosen and the usual knobs."""
+    out: dict[str, Any] = {k: v for k, v in choices.items() if k in ("model", "dataset", "optimizer", "scheduler",
+                                                                     "loss", "experiment")}
+    for key in HPARAM_KEYS:
+        value = lookup(cfg.resolved, key)
+        if isinstance(value, bool | int | float | str):
+            out[key] = value
+    return out
+
+
+def _mistakes(cfg: TrainConfig, result: EvalResult) -> Mistakes:
+    assert result.probs is not None and result.labels is not None
+    images, _ = load_split(cfg.dataset, "test", cfg.seed)
+    return most_confident_mistakes(images, result.probs, result.labels)
+
+
 def _step_hook(cfg: TrainConfig, run: RunDir, stop: StopRequest, checkpoint: Callable[..., dict[str, Any]],
-               ranks: Collective) -> Callable[[int, Callable[[], EpochStats]], bool]:
+               ranks: Collective, optimizer: Any,
+               steps_per_epoch: int) -> Callable[[int, Callable[[], EpochStats]], bool]:
     """After each step: stop when a signal came (to any rank: all stop at this step); write last.pt every
-    `checkpoint_every_steps` steps."""
+    `checkpoint_every_steps` steps; give the trackers the scalars of the last steps every `every_steps`."""
+    every = step_interval(cfg.loggers)
+    since = EpochStats(0.0, 0, 0, 0.0, 0)  # the stats at the previous scalars, within the same epoch
 
     def after_step(step: int, snapshot: Callable[[], EpochStats]) -> bool:
+        nonlocal since
         if ranks.any(bool(stop)):
             return True
-        if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-            now = snapshot()
-            if not math.isfinite(now.loss_sum):  # never save diverged weights as the last good state
-                raise NonFiniteLoss(now.epoch, step)
+        save = bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
+        scalars = bool(every) and step % every == 0
+        if not (save or scalars):
+            return False
+        now = snapshot()  # a host sync (and under DDP a collective: every rank takes the same branch)
+        if not math.isfinite(now.loss_sum):  # never save diverged weights as the last good state
+            raise NonFiniteLoss(now.epoch, step)
+        if save:
             run.save_last(checkpoint("running", now))
+        if scalars:
+            if since.epoch != now.epoch or since.steps > now.steps:
+                since = EpochStats(0.0, 0, 0, 0.0, 0, epoch=now.epoch)
+            samples, seconds = now.samples - since.samples, now.seconds - since.seconds
+            if samples > 0:
+                run.log_step((now.epoch - 1) * steps_per_epoch + step, {
+                    "loss": (now.loss_sum - since.loss_sum) / samples, "acc": (now.correct - since.correct) / samples,
+                    "lr": optimizer.param_groups[0]["lr"], "samples_per_s": samples / seconds if seconds > 0 else 0.0})
+            since = now
         return False
 
     return after_step
@@ -186,7 +236,7 @@ def _history_row(train: EpochStats, val: EvalResult) -> dict[str, Any]:
 
 
 def test_summary(result: EvalResult, class_names: list[str], epoch: int) -> dict[str, Any]:
-    """What a checkpoint and metrics.json record of the test set."""
+    """What a checkpoint and metrics.json record of the test set (the report page shows it)."""
     report = class_report(result.confusion, class_names)
     return {
         "accuracy": result.accuracy,
@@ -195,6 +245,8 @@ def test_summary(result: EvalResult, class_names: list[str], epoch: int) -> dict
         "samples": result.samples,
         "epoch": epoch,
         "per_class_accuracy": {row["class"]: row["accuracy"] for row in report["classes"]},
+        "classes": report["classes"],
+        "confusion_matrix": result.confusion.tolist(),
     }
 
 

@@ -1,0 +1,153 @@
+"""Trackers: where a run's numbers go besides its own directory (TensorBoard, MLflow; `logger=` in the config).
+
+A tracker is a guest of the run directory (artifacts/rundir.py calls it): it is told that the run started,
+a few steps' scalars, each epoch, and how the run ended. It may fail at any of these (a store that became
+unwritable, a server that went away): the first failure is one warning, the tracker is dropped for the
+rest of the run, and the run goes on. Checkpoints and the metrics files never depend on a tracker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fmnist.errors import UserError
+
+log = logging.getLogger("fmnist")
+
+LOGGERS = ("csv", "tensorboard", "mlflow")
+# logger -> (the module it needs, the extra that installs it)
+MLFLOW_SWEEP_MEMO = ".mlflow_sweep.json"  # in a sweep directory: its parent run in MLflow, by store
+PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the run was started: what the CLI knows and the training code does not."""
+
+    command: str = ""  # the command line, as the report page and the trackers show it
+    sweep_dir: Path | None = None  # set when the run is one job of a --multirun
+    job: int | None = None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a tracker and the report page are told about the run when it starts."""
+
+    run_dir: Path
+    name: str  # "cnn on fashion"
+    config: dict[str, Any]  # the resolved config
+    hparams: dict[str, Any]  # the choices and knobs that tell runs apart (TensorBoard's HParams columns)
+    launch: Launch = Launch()
+    resumed: bool = False
+
+    @property
+    def params(self) -> dict[str, str]:
+        return flatten(self.config)
+
+    @property
+    def command(self) -> str:
+        return self.launch.command
+
+    @property
+    def sweep_dir(self) -> Path | None:
+        return self.launch.sweep_dir
+
+    @property
+    def job(self) -> int | None:
+        return self.launch.job
+
+
+class Tracker(Protocol):
+    name: str
+
+    def start(self, info: RunInfo) -> None: ...
+
+    def log_step(self, step: int, scalars: dict[str, float]) -> None: ...
+
+    def log_epoch(self, row: dict[str, Any]) -> None: ...
+
+    def finish(self, status: str, summary: dict[str, Any], files: list[Path]) -> None: ...
+
+
+def check_available(loggers: dict[str, Any]) -> None:
+    """A logger whose package is missing is a config error, found before anything runs."""
+    for name in loggers:
+        if name in PACKAGES:
+            module, extra = PACKAGES[name]
+            if importlib.util.find_spec(module) is None:
+                raise UserError(f"logger={name} needs the {module} package, which is not installed: "
+                                f"pip install 'fmnist[{extra}]'")
+
+
+def step_interval(loggers: dict[str, Any]) -> int:
+    """Every how many training steps the trackers want scalars (0: never). The same in every rank of a
+    distributed run, since reading the scalars is a collective operation."""
+    tensorboard = loggers.get("tensorboard")
+    return int(tensorboard.get("every_steps") or 0) if isinstance(tensorboard, dict) else 0
+
+
+class Trackers:
+    """The chosen trackers as one: each call goes to every tracker still working."""
+
+    def __init__(self, trackers: list[Tracker] | None = None) -> None:
+        self.active: list[Tracker] = list(trackers or [])
+
+    def __bool__(self) -> bool:
+        return bool(self.active)
+
+    def start(self, info: RunInfo) -> None:
+        self._each("start", info)
+
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        self._each("log_step", step, scalars)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        self._each("log_epoch", row)
+
+    def finish(self, status: str, summary: dict[str, Any], files: list[Path]) -> None:
+        self._each("finish", status, summary, files)
+        self.active = []
+
+    def _each(self, method: str, *args: Any) -> None:
+        for tracker in list(self.active):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as exc:  # noqa: BLE001 - whatever a tracker raises, the run must go on
+                self.active.remove(tracker)
+                reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                log.warning("logger %s failed and is off for the rest of this run (%s: %s); checkpoints and "
+                            "metrics files are not affected", tracker.name, type(exc).__name__, reason)
+
+
+def make_trackers(loggers: dict[str, dict[str, Any]], run_dir: Path) -> Trackers:
+    """The trackers `logger=` asks for (csv is the run directory's own files: no tracker). A tracker that
+    cannot even be created is dropped with one warning, like one that fails later."""
+    trackers: list[Tracker] = []
+    for name, settings in loggers.items():
+        try:
+            if name == "tensorboard":
+                from fmnist.artifacts.tensorboard_tracker import TensorBoardTracker
+
+                trackers.append(TensorBoardTracker(settings, run_dir))
+            elif name == "mlflow":
+                from fmnist.artifacts.mlflow_tracker import MlflowTracker
+
+                trackers.append(MlflowTracker(settings, run_dir))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("logger %s is off for this run (%s: %s); checkpoints and metrics files are not affected",
+                        name, type(exc).__name__, " ".join(str(exc).split())[:300])
+    return Trackers(trackers)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as dotted keys and printable values (what trackers store as parameters)."""
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: str(node)}
