@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -52,6 +53,8 @@ def test_eval_table_and_json_agree_with_an_independent_count(trained_run: Path):
     assert "T-shirt/top" in proc.stdout and "macro-F1" in proc.stdout
     for png in ("per_class.png", "confusion_matrix.png", "misclassified.png"):
         assert_real_png(trained_run / "eval-test" / png)
+    page = (trained_run / "eval-test" / "report.html").read_text()
+    assert "test split" in page and "T-shirt/top" in page and 'href="../report.html"' in page
 
 
 def test_eval_with_flip_tta_says_so_and_counts_every_image(trained_run: Path, tmp_path: Path):
@@ -70,6 +73,21 @@ def test_eval_without_ckpt_uses_the_latest_run(tmp_path: Path, trained_run: Path
     assert report["split"] == "val" and report["samples"] == 40  # 10% of the 400 training images
 
 
+def test_without_ckpt_the_latest_sweep_gives_its_best_job_and_pictures_are_kept(tmp_path: Path, trained_run: Path):
+    sweep = tmp_path / "multirun" / "2026-01-01" / "00-00-00"
+    for job, acc in (("0", 0.9), ("1", 0.5)):  # job 1 finished last, job 0 is the better one
+        shutil.copytree(trained_run, sweep / job, ignore=shutil.ignore_patterns("eval-*", "predictions"))
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        (sweep / job / "metrics.json").write_text(json.dumps({**metrics, "best_val_acc": acc}))
+    (sweep / "multirun.yaml").write_text("{}\n")
+    os.utime(sweep / "1" / "best.pt", (2e9, 2e9))
+    proc = cli("fmnist-predict", "index=1", cwd=tmp_path)
+    assert "the best job of the latest sweep" in proc.stderr and str(Path("00-00-00") / "0" / "best.pt") in proc.stderr
+    cli("fmnist-predict", "index=2", cwd=tmp_path)
+    assert_real_png(sweep / "0" / "predictions" / "prediction-test-1.png")  # the second picture did not replace it
+    assert_real_png(sweep / "0" / "predictions" / "prediction-test-2.png")
+
+
 def test_no_run_found_says_how_to_get_one(tmp_path: Path):
     for tool in ("fmnist-eval", "fmnist-predict"):
         proc = cli(tool, cwd=tmp_path, check=False)
@@ -86,7 +104,7 @@ def test_predict_by_index_is_right_and_seed_is_reproducible(trained_run: Path, t
     assert out["index"] == 7 and out["true"] == names[int(labels[7])]
     assert out["predicted"] == names[int(preds[7])] and len(out["topk"]) == 3
     assert out["topk"][0]["class"] == out["predicted"]
-    assert_real_png(tmp_path / "prediction.png")
+    assert_real_png(tmp_path / "prediction-test-7.png")
     first = json.loads(cli("fmnist-predict", f"ckpt={ckpt}", "seed=5", "format=json", cwd=tmp_path).stdout)
     again = json.loads(cli("fmnist-predict", f"ckpt={ckpt}", "seed=5", "format=json", cwd=tmp_path).stdout)
     assert first == again
@@ -114,7 +132,7 @@ def test_predict_on_a_user_png_sees_the_class_it_was_trained_on(trained_run: Pat
                          "format=json", f"out_dir={tmp_path}", cwd=tmp_path).stdout)
     assert out["image"].endswith("photo.png") and out["true"] is None
     assert out["predicted"] == names[k], (names[k], out["topk"])
-    assert_real_png(tmp_path / "prediction.png")
+    assert_real_png(tmp_path / "prediction-photo.png")
 
 
 class Exploit:
@@ -178,8 +196,8 @@ def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):
 def test_predict_multirun_writes_one_picture_per_job(trained_run: Path, tmp_path: Path):
     cli("fmnist-predict", "--multirun", f"ckpt={trained_run / 'best.pt'}", "index=0,1", "format=json",
         "hydra.sweep.dir=sweep", cwd=tmp_path)
-    assert (tmp_path / "sweep" / "0" / "prediction.png").is_file()
-    assert (tmp_path / "sweep" / "1" / "prediction.png").is_file()
+    assert (tmp_path / "sweep" / "0" / "prediction-test-0.png").is_file()
+    assert (tmp_path / "sweep" / "1" / "prediction-test-1.png").is_file()
 
 
 def test_an_out_dir_that_is_a_file_is_one_line(trained_run: Path, tmp_path: Path):

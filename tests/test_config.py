@@ -51,8 +51,8 @@ def test_auto_device_and_precision_on_cpu(monkeypatch):
         pytest.skip("this machine has CUDA")
     device = resolve_device("auto")
     assert device.type in ("cpu", "mps")
-    for amx, dtype in ((False, torch.float32), (True, torch.bfloat16)):
-        monkeypatch.setattr(runtime, "cpu_has_amx", lambda amx=amx: amx)
+    for flag, dtype in ((None, torch.float32), ("amx_bf16", torch.bfloat16), ("avx512_bf16", torch.bfloat16)):
+        monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda flag=flag: flag)
         assert resolve_precision("auto", torch.device("cpu")) is dtype
     assert resolve_precision("fp32", torch.device("cpu")) is torch.float32
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
@@ -163,7 +163,29 @@ BAD_VALUES = {
     "scheduler.step_size": [0, HUGE, "3"],
     "scheduler.gamma": [0.0, 1.5, NAN],
     "loss.label_smoothing": [1.0, -0.1, NAN, INF],
+    "logger": ["tensorboard", {"wandb": {}}, 5],
+    "logger.tensorboard.log_dir": [5, ["a"]],
+    "logger.tensorboard.every_steps": [0, "abc", 1.5],
+    "logger.mlflow.tracking_uri": ["", 5],
+    "logger.mlflow.experiment": ["", 5],
+    "logger.mlflow.log_checkpoint": ["yes", 1],
 }
+
+
+def test_loggers_compose_one_or_several_and_a_missing_package_names_its_extra(monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    from fmnist import config
+    from fmnist.config import train_config
+
+    assert train_config(compose()).loggers == {"csv": {}}
+    both = train_config(compose("logger=[csv,tensorboard,mlflow]")).loggers
+    assert set(both) == {"csv", "tensorboard", "mlflow"} and both["tensorboard"]["every_steps"] == 50
+    assert set(train_config(compose("logger=tensorboard")).loggers) == {"tensorboard"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None if name == "mlflow" else real(name))
+    with pytest.raises(UserError, match=r"logger=mlflow needs the mlflow package.*pip install 'fmnist\[mlflow\]'"):
+        train_config(compose("logger=[csv,mlflow]"))
 
 
 def test_every_validated_key_has_bad_values_in_the_table():

@@ -4,6 +4,7 @@ over the whole split, the same weights as one process at the same global batch, 
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import signal
 import subprocess
@@ -67,7 +68,9 @@ def test_ranks_come_from_torchrun_or_slurm(monkeypatch):
 
 
 def test_two_ranks_one_run_directory_written_by_rank_zero(tmp_path):
-    proc = torchrun(*PLAIN, "epochs=2", cwd=tmp_path)
+    tensorboard = importlib.util.find_spec("tensorboard") is not None  # its step scalars are a collective
+    loggers = ("logger=[csv,tensorboard]", "logger.tensorboard.every_steps=2") if tensorboard else ()
+    proc = torchrun(*PLAIN, "epochs=2", *loggers, cwd=tmp_path)
     runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs
     run = runs[0]
@@ -75,8 +78,11 @@ def test_two_ranks_one_run_directory_written_by_rank_zero(tmp_path):
     assert metrics["status"] == "completed"
     assert metrics["pid"] == int(run.name.rsplit("-", 1)[1])  # rank 0 named the directory and wrote it
     assert metrics["test"]["samples"] == 100  # every test image counted once across the two ranks
-    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
-        "best.pt", "confusion_matrix.png", "curves.png", "last.pt", "metrics.csv", "metrics.json", "train.log"]
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".") and p.name != "tensorboard") == [
+        "best.pt", "confusion_matrix.png", "curves.png", "last.pt", "metrics.csv", "metrics.json", "report.html",
+        "train.log"]  # no misclassified.png: each rank holds its own block's probabilities only
+    if tensorboard:
+        assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0's alone
     assert "distributed: 2 processes, global batch 32 = 16 per process" in (run / "train.log").read_text()
     assert (proc.stdout + proc.stderr).count("test accuracy") == 1  # the other rank logs warnings only
     best = load_checkpoint(run / "best.pt")

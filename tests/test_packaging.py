@@ -27,6 +27,9 @@ def test_wheel_ships_every_config(wheel: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for conf in sorted((ROOT / "conf").rglob("*.yaml")):
         assert f"fmnist/conf/{conf.relative_to(ROOT / 'conf')}" in names
+    templates = ROOT / "src" / "fmnist" / "artifacts" / "templates"
+    for template in sorted(templates.iterdir()):  # the report pages are rendered from these
+        assert f"fmnist/artifacts/templates/{template.name}" in names
 
 
 def test_installed_wheel_finds_its_configs(wheel: Path, tmp_path: Path):

@@ -40,9 +40,14 @@ def test_grid_runs_every_combination_and_summarises(tmp_path: Path):
     assert vals == sorted(vals, reverse=True)
     overrides = {r["overrides"] for r in rows}
     assert "model=bn_cnn optimizer.lr=0.003 dataset=mnist epochs=2 batch_size=32 progress=False" in overrides
+    assert {r["swept"] for r in rows} == {f"model={m} optimizer.lr={lr}" for m in ("mlp", "bn_cnn")
+                                          for lr in ("0.001", "0.003")}  # the keys that tell jobs apart
     assert all(r["epochs"] == "2" and float(r["test_acc"]) > 0 for r in rows)
     md = (sweep / "sweep_summary.md").read_text()
     assert md.count("| completed |") == 4
+    assert md.startswith("Overrides of every job: `dataset=mnist epochs=2 batch_size=32 progress=False`")
+    page = (sweep / "report.html").read_text()
+    assert page.count('href="0/report.html"') == 1 and "optimizer.lr=0.003" in page
     assert_real_png(sweep / "sweep.png")
     assert "sweep summary" in proc.stdout
 

@@ -9,6 +9,7 @@ points that reads an OmegaConf object, so everything below it takes plain, typed
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -19,7 +20,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.artifacts.tracking import LOGGERS, check_available
 from fmnist.errors import UserError
 from fmnist.world import World, run_pid, run_started
 
@@ -132,6 +132,20 @@ class Rule:
 TRUST = Rule("trust", _dotted_names, "a list of dotted class names, e.g. [mypkg.Net]", required=False)
 DEVICE = Rule("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
               "auto, cpu, cuda, cuda:N or mps")
+
+LOGGERS = ("csv", "tensorboard", "mlflow")
+LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}  # module, extra
+
+
+def check_available(loggers: Any) -> None:
+    """A logger whose package is missing is a config error, found before anything runs."""
+    for name in loggers:
+        if name in LOGGER_PACKAGES:
+            module, extra = LOGGER_PACKAGES[name]
+            if importlib.util.find_spec(module) is None:
+                raise UserError(f"logger={name} needs the {module} package, which is not installed: "
+                                f"pip install 'fmnist[{extra}]'")
+
 
 # Keys a training run reads. Group options may lack some keys (rmsprop has no nesterov): not required.
 TRAIN_RULES: tuple[Rule, ...] = (
@@ -273,7 +287,7 @@ def _check_train_combinations(cfg: DictConfig) -> None:
         if cfg.device in ("cpu", "mps"):
             raise UserError(f"compile=cudagraph needs a CUDA device, not device={cfg.device}; use compile=none "
                             f"or compile=torch")
-    check_available(OmegaConf.to_container(cfg.logger) if "logger" in cfg else {})
+    check_available(cfg.get("logger") or {})
     if len(cfg.dataset.classes) != cfg.dataset.num_classes:
         raise UserError(
             f"dataset.classes has {len(cfg.dataset.classes)} names but dataset.num_classes="

@@ -8,20 +8,14 @@ rest of the run, and the run goes on. Checkpoints and the metrics files never de
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fmnist.errors import UserError
-
 log = logging.getLogger("fmnist")
 
-LOGGERS = ("csv", "tensorboard", "mlflow")
-# logger -> (the module it needs, the extra that installs it)
 MLFLOW_SWEEP_MEMO = ".mlflow_sweep.json"  # in a sweep directory: its parent run in MLflow, by store
-PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 
 
 @dataclass(frozen=True)
@@ -71,16 +65,6 @@ class Tracker(Protocol):
     def log_epoch(self, row: dict[str, Any]) -> None: ...
 
     def finish(self, status: str, summary: dict[str, Any], files: list[Path]) -> None: ...
-
-
-def check_available(loggers: dict[str, Any]) -> None:
-    """A logger whose package is missing is a config error, found before anything runs."""
-    for name in loggers:
-        if name in PACKAGES:
-            module, extra = PACKAGES[name]
-            if importlib.util.find_spec(module) is None:
-                raise UserError(f"logger={name} needs the {module} package, which is not installed: "
-                                f"pip install 'fmnist[{extra}]'")
 
 
 def step_interval(loggers: dict[str, Any]) -> int:
