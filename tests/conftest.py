@@ -32,5 +32,5 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small cnn trained through the CLI; its run directory, shared by the eval/predict tests."""
     work = tmp_path_factory.mktemp("trained")
     cli("fmnist-train", "model=cnn", "model.channels=[8,16]", "model.hidden=[32]", "dataset=fashion", *FAST,
-        "hydra.run.dir=run", cwd=work)
+        "precision=fp32", "hydra.run.dir=run", cwd=work)  # fp32 on every CPU: the tests recount it without autocast
     return work / "run"

@@ -68,6 +68,20 @@ def test_mlflow_run_holds_params_epoch_metrics_and_artifacts(tmp_path: Path):
 
 
 @needs_mlflow
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    recipe = (*TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={store}", "hydra.run.dir=run")
+    cli("fmnist-train", *recipe, "epochs=1", cwd=tmp_path)
+    cli("fmnist-train", *recipe, "epochs=2", "resume=auto", cwd=tmp_path)  # one more epoch, same run
+    client = MlflowClient(tracking_uri=store)
+    [run] = client.search_runs([client.get_experiment_by_name("fmnist").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
+
+
+@needs_mlflow
 def test_an_mlflow_sweep_is_one_parent_run_with_a_child_per_job(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 

@@ -392,8 +392,8 @@ def stored_train_config(stored: dict[str, Any], overrides: dict[str, Any]) -> Tr
     """
     cfg = OmegaConf.create(stored)
     for key, value in overrides.items():
-        if value is not None or key == "dataset.root":
-            OmegaConf.update(cfg, key, value, force_add=True)
+        if value is not None or key == "dataset.root":  # a dict (logger) replaces the stored one whole
+            OmegaConf.update(cfg, key, value, merge=not isinstance(value, dict), force_add=True)
     return train_config(cfg)
 
 

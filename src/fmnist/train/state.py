@@ -24,7 +24,7 @@ from fmnist.train.setup import Training, config_from_checkpoint
 
 # Keys a resumed run may change; everything else comes from the checkpoint, so the run stays the same run.
 RESUMABLE_OVERRIDES = ("epochs", "device", "progress", "num_workers", "threads", "checkpoint_every_steps",
-                       "on_nan", "skip_batch_limit", "tta", "dataset.root", "dataset.download")
+                       "on_nan", "skip_batch_limit", "tta", "dataset.root", "dataset.download", "logger")
 HISTORY_NUMBERS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
