@@ -107,7 +107,8 @@ def test_typed_settings_carry_every_validated_value():
     from fmnist.config import Augment, train_config
 
     cfg = train_config(compose("dataset=cifar10", "dataset.augment.hflip=true", "trust=[a.B]", "threads=3"))
-    assert cfg.dataset.augment == Augment(crop_padding=0, hflip=True, rotation=0.0) and cfg.dataset.augment.enabled
+    assert cfg.dataset.augment == Augment(crop_padding=0, hflip=True, rotation=0.0, erase=0.0)
+    assert cfg.dataset.augment.enabled
     assert cfg.dataset.num_classes == 10 and cfg.dataset.mean == (0.4914, 0.4822, 0.4465)
     assert (cfg.trust, cfg.threads, cfg.loader, cfg.resume) == (frozenset({"a.B"}), 3, "tensor", None)
     assert cfg.model["_target_"] == "fmnist.models.CNN" and cfg.resolved["dataset"]["name"] == "cifar10"
@@ -147,6 +148,7 @@ BAD_VALUES = {
     "dataset.augment.crop_padding": [-1, HUGE, "2"],
     "dataset.augment.hflip": ["yes", 1],
     "dataset.augment.rotation": [-1.0, 181.0, NAN, INF],
+    "dataset.augment.erase": [-0.1, 1.0, NAN, "abc"],
     "model.hidden": ["abc", [0], [-5], [HUGE], [1.5]],
     "model.channels": [[], [0], [HUGE], "32"],
     "model.dropout": [1.0, -0.1, NAN, INF],

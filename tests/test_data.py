@@ -13,7 +13,7 @@ from helpers import N_TEST, N_TRAIN, make_images, settings
 from fmnist.config import TrainConfig
 from fmnist.data.batches import Batches, load_split, make_batches, split_indices
 from fmnist.data.sources import load_tensors
-from fmnist.data.transforms import augment_batch
+from fmnist.data.transforms import augment_batch, torchvision_transform
 from fmnist.errors import UserError
 
 CPU = torch.device("cpu")
@@ -128,6 +128,21 @@ def test_augmentation_is_batched_seeded_and_keeps_shape():
     a = augment_batch(x, cfg.dataset.augment, torch.Generator().manual_seed(0))
     b = augment_batch(x, cfg.dataset.augment, torch.Generator().manual_seed(0))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_cutout_blanks_one_square_of_the_asked_size_in_about_half_the_images():
+    cfg = settings("dataset.augment.erase=0.25")  # 7 of 28 pixels a side
+    x = torch.full((400, 1, 28, 28), 255.0)
+    out = augment_batch(x, cfg.dataset.augment, torch.Generator().manual_seed(0))
+    blanked = (out == 0).flatten(1).sum(1)
+    assert set(blanked.tolist()) == {0, 49} and 150 < int((blanked > 0).sum()) < 250
+    for image in out[blanked > 0][:20, 0]:
+        rows, cols = (image == 0).nonzero().unbind(1)
+        assert rows.max() - rows.min() == 6 and cols.max() - cols.min() == 6  # one square, not scattered pixels
+    path = torchvision_transform(cfg.dataset.augment, 28, (0.0,), (1.0,))  # the DataLoader path: the same square
+    from PIL import Image
+    erased = [(path(Image.new("L", (28, 28), 255)) == 0).sum().item() for _ in range(60)]
+    assert set(erased) == {0, 49}
 
 
 def test_crop_with_padding_shifts_the_image():

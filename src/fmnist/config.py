@@ -184,6 +184,7 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("dataset.augment.crop_padding", _int_at_least(0, 4096), "an integer in [0, 4096]"),
     Rule("dataset.augment.hflip", _is_bool, "true or false"),
     Rule("dataset.augment.rotation", _number_in(0, 180, hi_open=False), "a number of degrees in [0, 180]"),
+    Rule("dataset.augment.erase", _number_in(0, 1), "a fraction of the image side in [0, 1)", required=False),
     Rule("model.hidden", _int_list(0), "a list of positive integers, e.g. [256,128]", required=False),
     Rule("model.channels", _int_list(1), "a non-empty list of positive integers, e.g. [32,64]",
          required=False),
@@ -303,10 +304,11 @@ class Augment:
     crop_padding: int = 0
     hflip: bool = False
     rotation: float = 0.0
+    erase: float = 0.0  # cutout: a black square of this fraction of the side, in half of the images
 
     @property
     def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.hflip or self.rotation > 0
+        return self.crop_padding > 0 or self.hflip or self.rotation > 0 or self.erase > 0
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ class Normalize:
 
 
 def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crop with padding, horizontal flip and small rotation for a float batch (B, C, H, W).
+    """Random crop with padding, horizontal flip, small rotation and cutout for a float batch (B, C, H, W).
 
     generator=None draws from the device's default generator (what a captured CUDA graph can replay).
     """
@@ -54,7 +54,22 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
         theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if augment.erase > 0:  # cutout: a black square, `erase` of the side, in half of the images
+        side = erase_side(augment.erase, h, w)
+        top = torch.randint(0, h - side + 1, (b, 1, 1), generator=generator, device=dev)
+        left = torch.randint(0, w - side + 1, (b, 1, 1), generator=generator, device=dev)
+        on = (torch.rand(b, generator=generator, device=dev) < ERASE_P).view(b, 1, 1)
+        ys, xs = torch.arange(h, device=dev).view(1, h, 1), torch.arange(w, device=dev).view(1, 1, w)
+        box = (ys >= top) & (ys < top + side) & (xs >= left) & (xs < left + side) & on
+        images = images.masked_fill(box.unsqueeze(1), 0.0)
     return images
+
+
+ERASE_P = 0.5  # the share of images that get a cutout square
+
+
+def erase_side(fraction: float, h: int, w: int) -> int:
+    return max(1, min(h, w, round(fraction * min(h, w))))
 
 
 def torchvision_transform(augment: Augment | None, image_size: int, mean: tuple[float, ...],
@@ -70,5 +85,9 @@ def torchvision_transform(augment: Augment | None, image_size: int, mean: tuple[
         if augment.rotation > 0:
             steps.append(transforms.RandomRotation(augment.rotation,
                                                    interpolation=transforms.InterpolationMode.BILINEAR))
-    steps += [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]
+    steps.append(transforms.ToTensor())
+    if augment is not None and augment.erase > 0:  # before Normalize: the square is black, as on the tensor path
+        area = (erase_side(augment.erase, image_size, image_size) / image_size) ** 2
+        steps.append(transforms.RandomErasing(p=ERASE_P, scale=(area, area), ratio=(1.0, 1.0), value=0))
+    steps.append(transforms.Normalize(list(mean), list(std)))
     return transforms.Compose(steps)
