@@ -96,6 +96,9 @@ def test_signal_saves_last_and_resume_finishes(tmp_path: Path, sig: signal.Signa
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["metrics"]["status"] == "interrupted"
     done = ckpt["epoch"]
+    page = (tmp_path / "run" / "report.html").read_text()  # the page says so, with the curves so far
+    assert 'class="status interrupted"' in page and f"stopped by {sig.name}" in page
+    assert ("data:image/png" in page) == (done > 0)
     cli("fmnist-train", *recipe[:2], f"epochs={done + 1}", *recipe[3:], "hydra.run.dir=run", "resume=auto",
         cwd=tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

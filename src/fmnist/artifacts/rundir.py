@@ -140,6 +140,12 @@ class RunDir:
 
         metrics, _ = read_metrics(self.path)
         info = self.info
+        history = metrics.get("history") or []
+        if status != "completed" and history:  # the curves so far: a completed run has drawn them already
+            from fmnist.artifacts.plots import plot_curves
+
+            with contextlib.suppress(UserError, KeyError, TypeError):
+                plot_curves(history, self.path / CURVES, title=info.name if info else "")
         try:
             page = run_page(metrics, self.path, name=info.name if info else self.path.name,
                             config=info.config if info else {}, command=info.command if info else "")
