@@ -144,16 +144,16 @@ class RunDir:
         if status != "completed" and history:  # the curves so far: a completed run has drawn them already
             from fmnist.artifacts.plots import plot_curves
 
-            with contextlib.suppress(UserError, KeyError, TypeError):
+            with contextlib.suppress(Exception):  # best effort, as the page
                 plot_curves(history, self.path / CURVES, title=info.name if info else "")
         try:
             page = run_page(metrics, self.path, name=info.name if info else self.path.name,
                             config=info.config if info else {}, command=info.command if info else "")
             write_atomically(self.path / REPORT, lambda tmp: tmp.write_text(page, encoding="utf-8"))
-        except UserError:
+        except Exception as exc:  # noqa: BLE001 - never mask the error that ended a failed run
             if status == "completed":
                 raise
-            log.warning("could not write %s", self.path / REPORT)
+            log.warning("could not write %s (%s)", self.path / REPORT, " ".join(str(exc).split())[:200])
         files = [self.path / name for name in (BEST, CURVES, CONFUSION, MISCLASSIFIED, METRICS_CSV, REPORT)]
         self.trackers.finish(status, metrics, [f for f in files if f.is_file()])
 
