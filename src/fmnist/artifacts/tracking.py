@@ -80,9 +80,6 @@ class Trackers:
     def __init__(self, trackers: list[Tracker] | None = None) -> None:
         self.active: list[Tracker] = list(trackers or [])
 
-    def __bool__(self) -> bool:
-        return bool(self.active)
-
     def start(self, info: RunInfo) -> None:
         self._each("start", info)
 
