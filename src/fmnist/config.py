@@ -209,7 +209,7 @@ TRAIN_RULES: tuple[Rule, ...] = (
          required=False),
     Rule("logger.tensorboard.every_steps", _int_at_least(1, 2**31 - 1), "an integer >= 1", required=False),
     Rule("logger.mlflow.tracking_uri", lambda v: v is None or (isinstance(v, str) and v != ""),
-         "null (a file store in the output root) or a tracking URI", required=False),
+         "null (a local store in the output root) or a tracking URI", required=False),
     Rule("logger.mlflow.experiment", lambda v: isinstance(v, str) and 0 < len(v) <= 256,
          "an experiment name", required=False),
     Rule("logger.mlflow.log_checkpoint", _is_bool, "true or false", required=False),

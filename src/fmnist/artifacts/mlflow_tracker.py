@@ -26,19 +26,16 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from fmnist.artifacts.atomic import write_atomically
 from fmnist.artifacts.rundir import BEST, OUTPUT_DIRS
+from fmnist.artifacts.tracking import EPOCH_SCALARS, RunInfo
 from fmnist.artifacts.tracking import MLFLOW_SWEEP_MEMO as SWEEP_MEMO
-from fmnist.artifacts.tracking import RunInfo
 
 RUN_MEMO = ".mlflow_run.json"  # in the run directory: which MLflow run a resumed run continues
 SWEEP_LOCK = ".mlflow_sweep.lock"  # in the sweep directory, beside SWEEP_MEMO
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s", "seconds")
 STATUS = {"completed": RunStatus.to_string(RunStatus.FINISHED), "failed": RunStatus.to_string(RunStatus.FAILED),
           "interrupted": RunStatus.to_string(RunStatus.KILLED)}
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
 BATCH = 100  # MLflow's limit on parameters per log_batch call
-
-
-STORE, ARTIFACTS = "mlflow.db", "mlartifacts"
+STORE, ARTIFACTS = "mlflow.db", "mlartifacts"  # in the output root, when no tracking_uri is given
 
 
 def default_store(run_dir: Path, sweep_dir: Path | None = None) -> Path:
@@ -114,7 +111,7 @@ class MlflowTracker:
     def log_epoch(self, row: dict[str, Any]) -> None:
         assert self.client is not None
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(row[k]), now, int(row["epoch"])) for k in EPOCH_METRICS
+        metrics = [Metric(k, float(row[k]), now, int(row["epoch"])) for k in EPOCH_SCALARS
                    if isinstance(row.get(k), int | float)]
         self.client.log_batch(self.run_id, metrics=metrics)
 

@@ -14,11 +14,11 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from fmnist.artifacts.tracking import RunInfo
+from fmnist.artifacts.tracking import EPOCH_SCALARS, RunInfo
+from fmnist.config import lookup
 
-EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s", "seconds")
-FINAL_METRICS = {"hparam/test_acc": ("test", "accuracy"), "hparam/test_loss": ("test", "loss"),
-                 "hparam/best_val_acc": ("best_val_acc",)}
+FINAL_METRICS = {"hparam/test_acc": "test.accuracy", "hparam/test_loss": "test.loss",
+                 "hparam/best_val_acc": "best_val_acc"}
 
 
 class TensorBoardTracker:
@@ -52,7 +52,7 @@ class TensorBoardTracker:
         if self.writer is None:
             return
         try:
-            metrics = {name: _lookup(summary, path) for name, path in FINAL_METRICS.items()}
+            metrics = {name: lookup(summary, key) for name, key in FINAL_METRICS.items()}
             metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
             if metrics:  # one event file: the HParams entries go where the scalars are
                 writer = self.writer._get_file_writer()
@@ -66,13 +66,6 @@ class TensorBoardTracker:
         finally:
             self.writer.close()
             self.writer = None
-
-
-def _lookup(summary: dict[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = summary
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _read_png(path: Path) -> Any:

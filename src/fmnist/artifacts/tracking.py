@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 log = logging.getLogger("fmnist")
 
+EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s", "seconds")  # sent per epoch
 MLFLOW_SWEEP_MEMO = ".mlflow_sweep.json"  # in a sweep directory: its parent run in MLflow, by store
 
 
