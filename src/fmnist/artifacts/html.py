@@ -99,18 +99,16 @@ def eval_page(summary: dict[str, Any], out_dir: Path, *, name: str, command: str
                 "misclassified": embed(out_dir / MISCLASSIFIED)})
 
 
-def sweep_page(rows: list[dict[str, Any]], sweep_dir: Path, common: list[str]) -> str:
-    """Every job of a sweep: the sortable summary, each job's status and page, the best job's curves."""
+def sweep_page(rows: list[dict[str, Any]], sweep_dir: Path, *, common: list[str], failed: int, plot: Path) -> str:
+    """Every job of a sweep: the sortable summary (rows best first, `failed` of them failed), each job's status
+    and page, the best job's curves and the sweep's `plot`."""
     from fmnist.artifacts.rundir import CURVES, REPORT
 
-    failed = ("failed", "crashed", "interrupted", "unreadable")
     jobs = [{**r, "page": f"{r['job']}/{REPORT}" if (sweep_dir / r["job"] / REPORT).is_file() else None}
             for r in rows]
     done = [r for r in jobs if r["status"] == "completed" and isinstance(r["best_val_acc"], int | float)]
     best = done[0] if done else None  # rows come best first
     return _render(
         "sweep.html.j2", title=f"sweep {sweep_dir.name}", sweep_name=sweep_dir.name, sweep_dir=str(sweep_dir),
-        rows=jobs, common=common, best=best, completed=sum(r["status"] == "completed" for r in jobs),
-        failed=sum(r["status"] in failed for r in jobs),
-        images={"best_curves": embed(sweep_dir / best["job"] / CURVES) if best else None,
-                "sweep": embed(sweep_dir / "sweep.png")})
+        rows=jobs, common=common, best=best, completed=sum(r["status"] == "completed" for r in jobs), failed=failed,
+        images={"best_curves": embed(sweep_dir / best["job"] / CURVES) if best else None, "sweep": embed(plot)})

@@ -81,7 +81,7 @@ def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
 
 
 FAILED = ("failed", "crashed", "interrupted", "unreadable")
-SWEEP_PNG = "sweep.png"
+SWEEP_PNG, SUMMARY_CSV = "sweep.png", "sweep_summary.csv"
 
 
 def _read_overrides(path: Path) -> list[str]:
@@ -123,11 +123,13 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     writer.writeheader()
     writer.writerows(rows)
     # Parallel jobs may finish at once: each file is replaced whole, never written half.
-    write_atomically(sweep_dir / "sweep_summary.csv", lambda tmp: tmp.write_text(table.getvalue()))
-    write_atomically(sweep_dir / "sweep_summary.md", lambda tmp: tmp.write_text(_markdown(rows)))
+    common = common_overrides(rows)
+    write_atomically(sweep_dir / SUMMARY_CSV, lambda tmp: tmp.write_text(table.getvalue()))
+    write_atomically(sweep_dir / "sweep_summary.md", lambda tmp: tmp.write_text(_markdown(rows, common)))
     if rows:
         plot_sweep(rows, swept_numeric_parameter(rows), sweep_dir / SWEEP_PNG)
-    page = sweep_page(rows, sweep_dir, common_overrides(rows))
+    page = sweep_page(rows, sweep_dir, common=common, failed=sum(r["status"] in FAILED for r in rows),
+                      plot=sweep_dir / SWEEP_PNG)
     write_atomically(sweep_dir / REPORT, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return rows
 
@@ -140,7 +142,7 @@ def close_trackers(sweep_dir: Path, failed: bool) -> None:
     try:
         from fmnist.artifacts.mlflow_tracker import close_sweep
 
-        close_sweep(sweep_dir, failed, [sweep_dir / name for name in (REPORT, "sweep_summary.csv", SWEEP_PNG)])
+        close_sweep(sweep_dir, failed, [sweep_dir / name for name in (REPORT, SUMMARY_CSV, SWEEP_PNG)])
     except Exception as exc:  # noqa: BLE001 - a tracker never fails the sweep
         log.warning("logger mlflow: could not close the sweep's parent run (%s: %s)", type(exc).__name__, exc)
 
@@ -158,8 +160,7 @@ def swept_numeric_parameter(rows: list[dict[str, Any]]) -> str | None:
     return varying[0]
 
 
-def _markdown(rows: list[dict[str, Any]]) -> str:
-    common = common_overrides(rows)
+def _markdown(rows: list[dict[str, Any]], common: list[str]) -> str:
     lines = [f"Overrides of every job: `{' '.join(common)}`\n"] if common else []
     lines += ["| job | status | swept | best val acc | test acc | epochs | seconds | error |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
@@ -211,7 +212,7 @@ def default_checkpoint() -> Path:
     return latest
 
 
-SWEEP_MARKERS = ("multirun.yaml", "sweep_summary.csv")  # Hydra's record of a sweep, and ours
+SWEEP_MARKERS = ("multirun.yaml", SUMMARY_CSV)  # Hydra's record of a sweep, and ours
 
 
 # ---- one job of a sweep ----------------------------------------------------------------------------------
