@@ -85,8 +85,7 @@ def eval_page(summary: dict[str, Any], out_dir: Path, *, name: str, command: str
     run_link = None
     if run_report.is_file():
         try:
-            run_link = Path(run_report.resolve().relative_to(out_dir.resolve().parent)).as_posix()
-            run_link = f"../{run_link}"
+            run_link = "../" + run_report.resolve().relative_to(out_dir.resolve().parent).as_posix()
         except ValueError:
             run_link = run_report.resolve().as_uri()
     return _render(
