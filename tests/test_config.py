@@ -157,6 +157,7 @@ BAD_VALUES = {
     "model.depth": [0, 65, "2", 1.5],
     "model.stem_stride": [0, 5, "2"],
     "model.head_grid": [0, 9, "1"],
+    "model.pool_before_norm": ["yes", 1],
     "optimizer.lr": [0.0, -1.0, NAN, INF, "abc"],
     "optimizer.weight_decay": [-1.0, NAN, INF],
     "optimizer.momentum": [1.0, -0.5, NAN],

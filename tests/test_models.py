@@ -61,6 +61,33 @@ def test_bn_cnn_has_batchnorm_after_each_conv():
     assert kinds.count("BatchNorm2d") == 2
 
 
+def test_speednet_layout_keeps_its_checkpoint_indices():
+    """The conv/BN/GELU/pool order (and so the state-dict keys of saved checkpoints) of the default layout."""
+    model = build_model(settings("model=speednet", "model.widths=[8,16]", "model.depth=2"))
+    kinds = [type(m).__name__ for m in model.net]
+    block = ["Conv2d", "BatchNorm2d", "GELU"]
+    assert kinds == [*block, "MaxPool2d", *block, *block, "AdaptiveMaxPool2d", "Flatten", "Linear"]
+
+
+def test_speednet_pool_before_norm_computes_the_same_function():
+    """Max-pool commutes with BN (positive scale) and GELU where GELU increases: with BN mapping every value
+    into that range (small scale, shift 5), pooling before the norm gives the default layout's output."""
+    nets = []
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        nets.append(build_model(settings("model=speednet", "model.widths=[8,16,32]", "model.depth=2",
+                                         "model.stem_stride=1", f"model.pool_before_norm={flag}")))
+    after, before = nets
+    assert [type(m).__name__ for m in before.net][:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "GELU"]
+    for net in nets:
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            torch.nn.init.constant_(bn.weight, 0.01)
+            torch.nn.init.constant_(bn.bias, 5.0)
+        net.eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(after(x), before(x), atol=1e-5)
+
+
 def test_nll_loss_makes_the_model_output_log_probabilities():
     cfg = settings("model=mlp", "loss=nll")
     out = build_model(cfg)(torch.randn(4, 1, 28, 28))

@@ -194,6 +194,7 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("model.depth", _int_at_least(1, 64), "an integer in [1, 64]", required=False),
     Rule("model.stem_stride", _int_at_least(1, 4), "an integer in [1, 4]", required=False),
     Rule("model.head_grid", _int_at_least(1, 8), "an integer in [1, 8]", required=False),
+    Rule("model.pool_before_norm", _is_bool, "true or false", required=False),
     Rule("optimizer.lr", _number_in(0, INF, lo_open=True), "a number > 0"),
     Rule("optimizer.weight_decay", _number_in(0, INF, hi_open=True), "a number >= 0", required=False),
     Rule("optimizer.momentum", _number_in(0, 1), "a number in [0, 1)", required=False),

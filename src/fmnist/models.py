@@ -90,8 +90,15 @@ class CNN(Classifier):
         self.net = nn.Sequential(*layers)
 
 
-def _conv_bn_gelu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+def _conv_bn_gelu(c_in: int, c_out: int, stride: int = 1, pool: str = "") -> list[nn.Module]:
+    """conv-BN-GELU; `pool` "before_norm" or "after" adds a 2x2 max-pool at that place, "" none."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)]
+    if pool == "before_norm":
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.BatchNorm2d(c_out), nn.GELU()]
+    if pool == "after":
+        layers.append(nn.MaxPool2d(2))
+    return layers
 
 
 class SpeedNet(Classifier):
@@ -102,18 +109,27 @@ class SpeedNet(Classifier):
     (1: global; 2 or 3 keep where in the image a feature was) and one linear layer.
     Convolving at reduced resolution from the stem on is what makes it fast on a CPU, where the full-size
     activations of a first conv at 28x28 cost more than the rest of the net (docs/benchmarks.md).
+    `pool_before_norm` moves each max-pool between its conv and that conv's BN-GELU: a max-pool commutes
+    with a monotone activation and with BN's positive scaling, so the net computes nearly the same function
+    (only BN's batch statistics are taken after the pool) while the elementwise work at the conv's
+    resolution shrinks 4x; with a full-resolution stem that work was half of the training step on a CPU.
     """
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int, widths: list[int], depth: int = 1,
-                 stem_stride: int = 2, head_grid: int = 1, log_probs: bool = False) -> None:
+                 stem_stride: int = 2, head_grid: int = 1, pool_before_norm: bool = False,
+                 log_probs: bool = False) -> None:
         super().__init__(log_probs)
         if (image_size // stem_stride) >> (len(widths) - 1) == 0:
             raise UserError(f"model.widths={list(widths)} has too many pooling stages for "
                             f"{image_size}x{image_size} images")
-        layers = _conv_bn_gelu(in_channels, widths[0], stem_stride)
-        for c_in, c_out in pairwise(widths):
-            layers += [nn.MaxPool2d(2), *_conv_bn_gelu(c_in, c_out)]
-            for _ in range(depth - 1):
-                layers += _conv_bn_gelu(c_out, c_out)
+        # One list of convs per stage (the stem is stage 0); every stage but the last ends in a max-pool.
+        stages = [[(in_channels, widths[0], stem_stride)]]
+        stages += [[(c_in, c_out, 1)] + [(c_out, c_out, 1)] * (depth - 1) for c_in, c_out in pairwise(widths)]
+        pool = "before_norm" if pool_before_norm else "after"
+        layers: list[nn.Module] = []
+        for i, stage in enumerate(stages):
+            for j, (c_in, c_out, stride) in enumerate(stage):
+                pooled = i < len(stages) - 1 and j == len(stage) - 1
+                layers += _conv_bn_gelu(c_in, c_out, stride, pool if pooled else "")
         layers += [nn.AdaptiveMaxPool2d(head_grid), nn.Flatten(), nn.Linear(widths[-1] * head_grid ** 2, num_classes)]
         self.net = nn.Sequential(*layers)
