@@ -146,6 +146,16 @@ def test_help_shows_groups_and_options(tmp_path: Path):
     assert "model: bn_cnn, bn_cnn_wide, cnn, feedforward, mlp, speednet" in out
     assert "dataset: cifar10, fashion, mnist" in out
     assert "optimizer: adam, adamw, rmsprop, sgd" in out
+    assert "launcher" not in out and "hydra_logging" not in out  # Hydra's own groups: --hydra-help
+    assert out.index("== Config ==") < out.index("epochs: 10") < out.index("Tab completion")
+
+
+def test_help_shows_the_config_its_overrides_compose(tmp_path: Path):
+    out = cli("fmnist-train", "--help", "experiment=fashion_best", "epochs=7", cwd=tmp_path).stdout
+    assert "epochs: 7" in out and "pool_before_norm: true" in out and "  - 192" in out
+    assert "in_channels: ${dataset.channels}" in out  # as Hydra prints it: unresolved, unless --resolve
+    assert "in_channels: 1" in cli("fmnist-train", "--help", "--resolve", cwd=tmp_path).stdout
+    assert not list(tmp_path.iterdir())  # no run directory
 
 
 def test_compile_torch_trains_and_reports_its_warmup_apart(tmp_path: Path):
