@@ -46,7 +46,7 @@ from torchvision import transforms
 from fmnist.config import CONFIG_DIR, TrainConfig, train_config, usable_cores
 from fmnist.data.batches import Batches, TensorBatches, load_split, make_batches
 from fmnist.data.sources import open_dataset
-from fmnist.data.transforms import Normalize
+from fmnist.data.transforms import TTA, Normalize
 from fmnist.runtime import resolve_precision, synchronize
 from fmnist.train.loop import EpochStats, evaluate, train_epochs
 from fmnist.train.setup import Training, build_loss, build_model, build_training
@@ -225,7 +225,7 @@ def record_run(cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
             t.scheduler.step()
     dtype = resolve_precision(cfg.precision, device)
     acc = evaluate(t.model, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
-                   tta=cfg.tta == "flip").accuracy
+                   tta=TTA(cfg.tta, cfg.dataset)).accuracy
     return spent, acc
 
 

@@ -57,11 +57,12 @@ def test_eval_table_and_json_agree_with_an_independent_count(trained_run: Path):
     assert "test split" in page and "T-shirt/top" in page and 'href="../report.html"' in page
 
 
-def test_eval_with_flip_tta_says_so_and_counts_every_image(trained_run: Path, tmp_path: Path):
-    cli("fmnist-eval", f"ckpt={trained_run / 'best.pt'}", "tta=flip", f"out_dir={tmp_path}", "progress=false",
+@pytest.mark.parametrize("tta", ["flip", "flip_translate"])
+def test_eval_with_tta_says_so_and_counts_every_image(trained_run: Path, tmp_path: Path, tta: str):
+    cli("fmnist-eval", f"ckpt={trained_run / 'best.pt'}", f"tta={tta}", f"out_dir={tmp_path}", "progress=false",
         cwd=tmp_path)
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert report["tta"] == "flip" and report["samples"] == 100 and report["accuracy"] > 0.5
+    assert report["tta"] == tta and report["samples"] == 100 and report["accuracy"] > 0.5
 
 
 def test_eval_without_ckpt_uses_the_latest_run(tmp_path: Path, trained_run: Path):

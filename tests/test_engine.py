@@ -6,10 +6,12 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import settings
 
 from fmnist.config import TrainConfig
-from fmnist.data.batches import Batches, make_batches
+from fmnist.data.batches import Batches, load_split, make_batches
+from fmnist.data.transforms import TTA, Normalize
 from fmnist.errors import UserError
 from fmnist.train.loop import EpochStats, NonFiniteLoss, evaluate, train_epochs, train_one_epoch
 from fmnist.train.setup import Training, build_training
@@ -129,12 +131,35 @@ def test_flip_tta_averages_the_image_and_its_mirror():
     test = make_batches(cfg.dataset, "test", CPU, batch_size=50, seed=cfg.seed, training=False)
     plain = evaluate(training.model, test, training.loss_fn, 10, device=CPU, dtype=torch.float32, keep_probs=True)
     tta = evaluate(training.model, test, training.loss_fn, 10, device=CPU, dtype=torch.float32, keep_probs=True,
-                   tta=True)
+                   tta=TTA("flip", cfg.dataset))
     x = torch.cat([x for x, _ in test])
     with torch.no_grad():
         model = training.model.eval()
         expected = ((model(x) + model(x.flip(3))) / 2).softmax(1)
     assert torch.allclose(tta.probs, expected, atol=1e-5) and not torch.allclose(plain.probs, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("dataset", ["fashion", "cifar10"])
+def test_translate_tta_averages_the_image_shifted_each_way_with_black_borders(dataset: str):
+    """The shifted views, made after normalisation, are the raw images shifted with black pixels coming in
+    (as training's random crop pads), then normalised; flip_translate adds the mirror image's five views."""
+    cfg = settings("model=speednet", f"dataset={dataset}")
+    training, _, _ = setup(cfg)
+    test = make_batches(cfg.dataset, "test", CPU, batch_size=50, seed=cfg.seed, training=False)
+    raw, _ = load_split(cfg.dataset, "test", cfg.seed)
+    normalize = Normalize(cfg.dataset.mean, cfg.dataset.std, CPU)
+    h, w = raw.shape[2:]
+    padded = F.pad(raw.float(), (1, 1, 1, 1))
+    shifted = [normalize(padded[:, :, dy:dy + h, dx:dx + w]) for dy in range(3) for dx in range(3)
+               if (dy == 1) != (dx == 1) or dy == dx == 1]
+    model = training.model.eval()
+    for mode, views in (("translate", shifted), ("flip_translate", shifted + [v.flip(3) for v in shifted])):
+        result = evaluate(model, test, training.loss_fn, 10, device=CPU, dtype=torch.float32, keep_probs=True,
+                          tta=TTA(mode, cfg.dataset))
+        with torch.no_grad():
+            expected = (sum(model(v) for v in views) / len(views)).softmax(1)
+        assert len(views) == (5 if mode == "translate" else 10)
+        assert torch.allclose(result.probs, expected, atol=1e-5)
 
 
 def test_the_captured_step_needs_a_cuda_device():

@@ -134,6 +134,9 @@ DEVICE = Rule("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu
               "auto, cpu, cuda, cuda:N or mps")
 
 LOGGERS = ("csv", "tensorboard", "mlflow")
+# Test-time augmentation (data.transforms.TTA): the image; with its mirror image; with the image
+# moved one pixel each way; both.
+TTA_MODES = ("none", "flip", "translate", "flip_translate")
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}  # module, extra
 
 
@@ -167,7 +170,7 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("checkpoint_every_steps", lambda v: v is None or _int_at_least(0)(v), "an integer in [0, 2^63) (0: off)",
          required=False),
     Rule("on_nan", _one_of("stop", "skip_batch"), "stop or skip_batch", required=False),
-    Rule("tta", _one_of("none", "flip"), "none or flip (average with the mirrored image)", required=False),
+    Rule("tta", _one_of(*TTA_MODES), f"one of {', '.join(TTA_MODES)}", required=False),
     Rule("skip_batch_limit", _number_in(0, 1, hi_open=False), "a share of an epoch's batches in [0, 1]",
          required=False),
     TRUST,
@@ -229,7 +232,8 @@ INSPECT_RULES: tuple[Rule, ...] = (
 )
 EVAL_RULES: tuple[Rule, ...] = INSPECT_RULES + (
     Rule("split", _one_of("test", "val", "train"), "test, val or train"),
-    Rule("tta", lambda v: v in (None, "none", "flip"), "null (as in training), none or flip", required=False),
+    Rule("tta", lambda v: v is None or v in TTA_MODES, f"null (as in training) or one of {', '.join(TTA_MODES)}",
+         required=False),
     Rule("batch_size", _OPTIONAL_INT, "null or an integer in [1, 2^31)"),
     Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
 )
@@ -358,7 +362,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     on_nan: str = "stop"
     skip_batch_limit: float = 0.25
-    tta: str = "none"  # test-time augmentation of the final test: none | flip
+    tta: str = "none"  # test-time augmentation of the final test: one of TTA_MODES
     resume: str | None = None
     trust: frozenset[str] = frozenset()
     loggers: dict[str, dict[str, Any]] = field(default_factory=dict)  # logger=: name -> its settings

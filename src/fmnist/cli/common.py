@@ -127,8 +127,9 @@ def _app_help(config_name: str, overrides: list[str], resolve: bool) -> str:
 def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig], object], args: Any) -> None:
     """Compose and validate the config of a plain run the way Hydra will, so that a rejected one is one line
     and leaves nothing behind (Hydra creates the run directory before the task sees the config). Sweeps,
-    --cfg and the like go to Hydra as they are: a sweep records each job's failure in its folder."""
-    if args.multirun or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or \
+    --cfg and the like go to Hydra as they are: a sweep records each job's failure in its folder. (--help
+    never gets here: main() answers it, or Hydra does for another config.)"""
+    if args.multirun or args.hydra_help or args.cfg or args.info or args.shell_completion or \
             args.config_path or args.config_name or args.config_dir or args.experimental_rerun:
         return
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

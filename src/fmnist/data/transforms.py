@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from fmnist.config import Augment
+from fmnist.config import Augment, DatasetSpec
 
 
 class Normalize:
@@ -63,6 +63,35 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
         box = (ys >= top) & (ys < top + side) & (xs >= left) & (xs < left + side) & on
         images = images.masked_fill(box.unsqueeze(1), 0.0)
     return images
+
+
+class TTA:
+    """Test-time augmentation: the views of a normalised batch whose outputs evaluation averages.
+
+    Modes as config.TTA_MODES: `flip` adds each view's mirror image; `translate` adds each view moved one
+    pixel up, down, left and right, the uncovered border black (normalised), as training's random crop pads.
+    A net trained on shifted and mirrored images is unsure of some images in one placement only: averaging a
+    few placements corrects some of its mistakes for a few more forward passes at test time (README).
+    """
+
+    def __init__(self, mode: str, dataset: DatasetSpec) -> None:
+        self.flip, self.translate = mode in ("flip", "flip_translate"), mode in ("translate", "flip_translate")
+        self.black = tuple(-m / s for m, s in zip(dataset.mean, dataset.std, strict=True))
+
+    def __bool__(self) -> bool:
+        return self.flip or self.translate
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        views = [x, x.flip(3)] if self.flip else [x]
+        if self.translate:
+            b, c, h, w = x.shape
+            black = torch.tensor(self.black, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+            for v in list(views):
+                padded = black.expand(b, c, h + 2, w + 2).clone()
+                padded[:, :, 1:-1, 1:-1] = v
+                # sliced at (1, 1) the padded batch is the batch; at these four places, shifted one pixel
+                views += [padded[:, :, dy:dy + h, dx:dx + w] for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2))]
+        return views
 
 
 ERASE_P = 0.5  # the share of images that get a cutout square

@@ -16,6 +16,7 @@ from fmnist.artifacts.report import class_report, format_report, most_confident_
 from fmnist.artifacts.rundir import CONFUSION, EVAL_JSON, MISCLASSIFIED, PER_CLASS, REPORT, eval_dir
 from fmnist.config import EvalConfig
 from fmnist.data.batches import load_split, make_batches
+from fmnist.data.transforms import TTA
 from fmnist.inference.restore import restore
 from fmnist.runtime import show_progress
 from fmnist.train.loop import evaluate
@@ -33,7 +34,7 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     tta = settings.tta or cfg.tta
     result = evaluate(r.model, batches, build_loss(cfg).to(r.device), cfg.dataset.num_classes, device=r.device,
                       dtype=r.dtype, progress=show_progress(settings.progress), keep_probs=True, desc=split,
-                      tta=tta == "flip")
+                      tta=TTA(tta, cfg.dataset))
     report = class_report(result.confusion, r.class_names)
     recorded = (r.ckpt["metrics"].get("test") or {}).get("accuracy")
     out_dir = ensure_dir(Path(settings.out_dir) if settings.out_dir else eval_dir(r.path, split))

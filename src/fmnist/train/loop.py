@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fmnist.data.batches import Batches
+from fmnist.data.transforms import TTA
 from fmnist.runtime import autocast, synchronize
 from fmnist.train.distributed import Collective
 from fmnist.train.step import StepRunner
@@ -179,14 +180,14 @@ def train_epochs(runner: StepRunner, batches: Batches, first: int, last: int, *,
 
 
 def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
-             tta: bool = False) -> torch.Tensor:
-    """The model's output; with `tta`, the mean of the outputs for the image and its mirror image, as
+             tta: TTA | None = None) -> torch.Tensor:
+    """The model's output; with `tta`, the mean of the outputs for its views of the batch, as
     log-probabilities (what both the loss and the softmax read correctly, for logits and log-probs alike)."""
     with autocast(device, dtype):
-        out = model(x).float()
-        if tta:
-            out = ((out + model(x.flip(3)).float()) / 2).log_softmax(1)
-        return out
+        if not tta:
+            return model(x).float()
+        views = tta.views(x)
+        return (sum(model(v).float() for v in views) / len(views)).log_softmax(1)
 
 
 @torch.inference_mode()
@@ -199,10 +200,10 @@ def predict_probs(model: nn.Module, x: torch.Tensor, *, device: torch.device, dt
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
              num_classes: int, *, device: torch.device, dtype: torch.dtype, progress: bool = False,
-             keep_probs: bool = False, desc: str = "eval", tta: bool = False,
+             keep_probs: bool = False, desc: str = "eval", tta: TTA | None = None,
              ranks: Collective = ONE_PROCESS) -> EvalResult:
     """Loss, accuracy and confusion matrix over `batches`; optionally every sample's class probabilities.
-    `tta` averages each image's outputs with its mirror image's (flip test-time augmentation). In a
+    `tta` averages each image's outputs over its test-time augmentation views. In a
     distributed run each rank evaluates its block and the sums are taken over `ranks`: every rank returns
     the whole split's figures (probabilities stay per rank)."""
     model.eval()

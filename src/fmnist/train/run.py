@@ -25,6 +25,7 @@ from fmnist.artifacts.rundir import FollowerRunDir, RunDir
 from fmnist.artifacts.tracking import Launch, RunInfo, Trackers, make_trackers, step_interval
 from fmnist.config import TrainConfig, check_world, lookup
 from fmnist.data.batches import Shard, load_split, make_batches
+from fmnist.data.transforms import TTA
 from fmnist.errors import Interrupted, UserError
 from fmnist.runtime import resolve_device, resolve_precision, seed_everything, show_progress
 from fmnist.train.distributed import Collective
@@ -149,7 +150,8 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     # Under DDP each rank holds its block's probabilities only: the grid of mistakes is left out there.
     keep_probs = not ranks.distributed
     result = evaluate(t.model, test_batches, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
-                      progress=progress, desc="test", tta=cfg.tta == "flip", keep_probs=keep_probs, ranks=ranks)
+                      progress=progress, desc="test", tta=TTA(cfg.tta, cfg.dataset), keep_probs=keep_probs,
+                      ranks=ranks)
     test = {**test_summary(result, list(cfg.dataset.classes), state.best_epoch), "tta": cfg.tta}
     # Figures first, "completed" last: a run whose artifacts were not all written never claims to be done.
     run.write_figures(state.history, result.confusion, list(cfg.dataset.classes), title, result.accuracy,
