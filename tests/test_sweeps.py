@@ -154,27 +154,46 @@ def test_crashed_and_unreadable_jobs_are_reported_as_such(tmp_path: Path):
     assert "Traceback" not in proc.stderr and "| 1 | crashed |" in proc.stdout
 
 
-def test_ctrl_c_during_a_sweep_leaves_a_summary_of_what_finished(tmp_path: Path):
+PARALLEL = ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"]
+
+
+@pytest.mark.parametrize("launcher, to", [
+    ([], "the sweep's process"),
+    pytest.param(PARALLEL, "the sweep's process", marks=needs_plugin("joblib_launcher", "sweep")),
+    pytest.param(PARALLEL, "every process (a terminal's Ctrl-C)", marks=needs_plugin("joblib_launcher", "sweep")),
+])
+def test_ctrl_c_during_a_sweep_leaves_a_summary_of_what_finished(tmp_path: Path, launcher: list[str], to: str):
+    """One job at a time, or two side by side: running jobs save and say how to resume, later jobs never
+    start, the summary is written and the sweep exits 130, with no traceback."""
     import json
     import signal
     import time
 
     exe = console_script("fmnist-train")
-    proc = subprocess.Popen([exe, "--multirun", "model=mlp", "dataset=mnist", "epochs=1,500", "batch_size=32",
-                             "progress=false", "hydra.sweep.dir=sweep"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    second = tmp_path / "sweep" / "1" / "metrics.json"
+    proc = subprocess.Popen([exe, "--multirun", *launcher, "model=mlp", "dataset=mnist", "epochs=1,500,500,500",
+                             "batch_size=32", "progress=false", "hydra.sweep.dir=sweep"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    second, third = (tmp_path / "sweep" / job / "metrics.json" for job in ("1", "2"))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if second.is_file() and json.loads(second.read_text() or "{}").get("history"):
+        # Side by side: job 2 runs in the worker that ran job 0, so both workers are past their start-up
+        # (artifacts/sweep.py leave_ctrl_c_to_the_sweep)
+        if second.is_file() and json.loads(second.read_text() or "{}").get("history") and \
+                (not launcher or third.is_file()):
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    if to.startswith("every"):
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert (tmp_path / "sweep" / "sweep_summary.csv").is_file(), out + err
     rows = {r["job"]: r for r in summary(tmp_path / "sweep")}
     assert rows["0"]["status"] == "completed"
     assert rows["1"]["status"] == "interrupted" and "resume" in rows["1"]["error"]
+    assert rows.get("3", {"status": "not started"})["status"] == "not started"  # parallel: a folder, no metrics
+    assert not (tmp_path / "sweep" / "3" / "last.pt").exists()
 
 
 @needs_plugin("submitit_launcher", "cluster")

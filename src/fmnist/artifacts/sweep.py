@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from fmnist.artifacts.rundir import BEST, REPORT, RunDir, RunDirectoryInUse, lat
 from fmnist.artifacts.tracking import MLFLOW_SWEEP_MEMO
 from fmnist.config import usable_cores
 from fmnist.errors import Interrupted, UserError
+from fmnist.train.interrupt import signal_in, stop_file
 
 log = logging.getLogger("fmnist")
 
@@ -218,14 +220,26 @@ SWEEP_MARKERS = ("multirun.yaml", SUMMARY_CSV)  # Hydra's record of a sweep, and
 # ---- one job of a sweep ----------------------------------------------------------------------------------
 
 
-def run_job(train: Callable[[], float], out_dir: Path, sweep_dir: Path, job: int, sweeper_target: str) -> float:
+def run_job(train: Callable[[], float], out_dir: Path, sweep_dir: Path, job: int, sweeper_target: str,
+            pooled: bool = False) -> float:
     """Run one job so that a failure does not stop the sweep: record why it failed, then tell the sweeper
-    in the way it understands. Ctrl-C stops the whole sweep: the summary of what finished is written first."""
+    in the way it understands. Ctrl-C stops the whole sweep: the summary of what finished is written first.
+
+    `pooled`: the job runs in a worker process of a parallel sweep, which the sweep's own process stops
+    (ParallelStop): an interrupted job returns so that the sweep collects its neighbours before it ends, and
+    a job that starts after the stop is skipped ("not started").
+    """
+    if pooled and stop_file(sweep_dir).exists():
+        log.warning("job %s not started: the sweep was stopped", job)
+        stopped = signal_in(stop_file(sweep_dir))
+        return _failed_job(sweeper_target, Interrupted("the sweep was stopped before this job started", stopped))
     try:
         return train()
     except Interrupted as exc:
         print(f"fmnist-train: {exc}", file=sys.stderr)
         write_summary(sweep_dir)
+        if pooled:
+            return _failed_job(sweeper_target, exc)
         raise SystemExit(exc.exit_code) from None
     except UserError as exc:
         message, error = str(exc), exc
@@ -238,6 +252,19 @@ def run_job(train: Callable[[], float], out_dir: Path, sweep_dir: Path, job: int
         message, error = f"{type(exc).__name__}: {exc}", exc
         RunDir(out_dir).record_status("failed", message)
     log.error("job %s failed: %s", job, message)
+    return _failed_job(sweeper_target, error)
+
+
+def leave_ctrl_c_to_the_sweep() -> None:
+    """In a worker process of a parallel sweep: ignore SIGINT outside training (training's StopRequest still
+    takes it). Ctrl-C in a terminal reaches every process of the sweep, and a worker that is idle or
+    starting a job would die of it, taking the sweep down with a traceback; the sweep's own process tells
+    the jobs through the stop file instead (train/interrupt.py ParallelStop). A worker still booting (before
+    its first job gets here) is the one gap: a Ctrl-C then ends the sweep at once, in one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _failed_job(sweeper_target: str, error: Exception) -> float:
     if sweeper_wants_exceptions(sweeper_target):
         raise error
     return math.nan

@@ -15,8 +15,20 @@ from omegaconf import DictConfig
 class SummaryCallback(Callback):
     """Rewrites the sweep summary after every job and reports it when the --multirun ends.
 
-    Exits with code 1 at the end if any job failed, so scripts notice.
+    Exits with code 1 at the end if any job failed, so scripts notice; 128 + N when signal N stopped a
+    sweep whose jobs run side by side (ParallelStop catches it here, in the sweep's own process).
     """
+
+    def __init__(self) -> None:
+        self.stop: Any = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from fmnist.artifacts.sweep import parallel_jobs
+        from fmnist.train.interrupt import ParallelStop
+
+        launcher = config.hydra.launcher
+        if parallel_jobs(str(launcher.get("_target_", "")), launcher.get("n_jobs")) > 1:
+            self.stop = ParallelStop(Path(config.hydra.sweep.dir))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
@@ -32,5 +44,7 @@ class SummaryCallback(Callback):
             return
         failed = report(sweep_dir)
         close_trackers(sweep_dir, failed > 0)
+        if self.stop is not None and self.stop.exit_code is not None:
+            sys.exit(self.stop.exit_code)
         if failed:
             sys.exit(1)

@@ -95,6 +95,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
             except OSError as exc:  # e.g. a hydra.run.dir that cannot be created
                 where = f"{exc.filename}: " if exc.filename else ""
                 fail(prog, f"{where}{exc.strerror or exc}")
+            except KeyboardInterrupt:  # a second Ctrl-C to a sweep: quit at once, still in one line
+                fail(prog, "interrupted", 130)
 
         main.__doc__ = task.__doc__
         return main

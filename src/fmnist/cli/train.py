@@ -53,9 +53,18 @@ def quiet_follower() -> None:
 @hydra_app("fmnist-train", "train", check=checked, before_run=join_world)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
-    from fmnist.artifacts.sweep import parallel_jobs, run_job
+    from fmnist.artifacts.sweep import leave_ctrl_c_to_the_sweep, parallel_jobs, run_job
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    launcher = hydra_cfg.get("launcher") or {}
+    jobs = parallel_jobs(str(launcher.get("_target_", "")), launcher.get("n_jobs")) if multirun else 1
+    if jobs > 1:
+        leave_ctrl_c_to_the_sweep()  # first: importing torch takes seconds
+
     from fmnist.artifacts.tracking import Launch
     from fmnist.runtime import configure_threads
+    from fmnist.train.interrupt import stop_file
     from fmnist.train.run import run_training
 
     world = current_world()
@@ -63,18 +72,14 @@ def main(cfg: DictConfig) -> float:
     if not world.main:
         quiet_follower()
 
-    hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v}
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    launcher = hydra_cfg.get("launcher") or {}
     # The command that reproduces this run: a sweep job's own overrides, or the command line as typed.
     launch = Launch(shlex.join(["fmnist-train", *hydra_cfg.overrides.task]), Path(hydra_cfg.sweep.dir),
                     hydra_cfg.job.num) if multirun else Launch(shlex.join(["fmnist-train", *sys.argv[1:]]))
 
     def train() -> float:
         settings = checked(cfg)  # validated before anything acts on a value
-        jobs = parallel_jobs(str(launcher.get("_target_", "")), launcher.get("n_jobs")) if multirun else 1
         side_by_side = jobs * world.local_size  # sweep jobs, or this machine's ranks
         threads = configure_threads(settings.threads, side_by_side)
         log.info("cpu threads %d (threads=%s, %d usable cores, %d process%s side by side, OMP_WAIT_POLICY=%s)",
@@ -83,7 +88,8 @@ def main(cfg: DictConfig) -> float:
         if world.launched:
             log.info("distributed: %d processes, global batch %d = %d per process", world.size,
                      settings.batch_size, settings.batch_size // world.size)
-        result = run_training(settings, out_dir, choices, world, launch)
+        result = run_training(settings, out_dir, choices, world, launch,
+                              stop_file=stop_file(Path(hydra_cfg.sweep.dir)) if jobs > 1 else None)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
                  100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, result.out_dir)
         return result.best_val_acc
@@ -91,7 +97,7 @@ def main(cfg: DictConfig) -> float:
     if not multirun:
         return report_user_errors("fmnist-train", train)
     return run_job(train, out_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num,
-                   str(hydra_cfg.sweeper.get("_target_", "")))
+                   str(hydra_cfg.sweeper.get("_target_", "")), pooled=jobs > 1)
 
 
 if __name__ == "__main__":

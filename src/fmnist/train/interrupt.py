@@ -5,21 +5,36 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from pathlib import Path
 from types import FrameType, TracebackType
 
 log = logging.getLogger("fmnist")
 
 
 class StopRequest:
-    """While active, the first SIGINT/SIGTERM only sets a flag; a second one ends the process at once."""
+    """While active, the first SIGINT/SIGTERM only sets a flag; a second one ends the process at once.
+
+    A job of a parallel sweep is also asked through `stop_file`, which the sweep's own process writes when
+    it gets the signal (artifacts/sweep.py: its workers leave Ctrl-C to it). Checked at most every 0.1 s.
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    FILE_CHECK_SECONDS = 0.1
 
-    def __init__(self) -> None:
+    def __init__(self, stop_file: Path | None = None) -> None:
         self.signum: int | None = None
+        self.stop_file = stop_file
+        self._checked = 0.0
         self._previous: dict[int, object] = {}
 
     def __bool__(self) -> bool:
+        if self.signum is None and self.stop_file is not None and \
+                time.monotonic() - self._checked >= self.FILE_CHECK_SECONDS:
+            self._checked = time.monotonic()
+            if self.stop_file.exists():
+                self.signum = signal_in(self.stop_file)
+                log.warning("%s to the sweep: finishing the current step, then saving last.pt", self.name)
         return self.signum is not None
 
     @property
@@ -28,8 +43,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
-        for sig in self.SIGNALS:  # a second signal gets the default behaviour: exit now
-            signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
+        _quit_on_next_signal()
         log.warning("%s: finishing the current step, then saving last.pt (send it again to quit at once)",
                     signal.Signals(signum).name)
 
@@ -42,3 +56,56 @@ class StopRequest:
                  tb: TracebackType | None) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _quit_on_next_signal() -> None:
+    """A second SIGINT/SIGTERM gets the default behaviour: exit now."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def signal_in(stop_file: Path) -> int:
+    """The signal a stop file names (SIGINT when it cannot be read: it still asks to stop)."""
+    try:
+        return int(signal.Signals[stop_file.read_text().strip()])
+    except (OSError, KeyError, ValueError):
+        return int(signal.SIGINT)
+
+
+STOPPED = ".stopped"  # in the sweep directory: the signal that stopped it
+
+
+def stop_file(sweep_dir: Path) -> Path:
+    return sweep_dir / STOPPED
+
+
+class ParallelStop:
+    """SIGINT/SIGTERM to a sweep whose jobs run in worker processes (the joblib launcher), handled in the
+    sweep's own process: the first one writes the stop file, which running jobs read within 0.1 s and then
+    stop as a single run does (finish the step, save last.pt, record "interrupted"), and jobs yet to start
+    skip (artifacts/sweep.py run_job); the sweep collects them all and ends with its summary (`exit_code`).
+    Without it joblib ends on the KeyboardInterrupt at once, with a traceback, killing its workers mid-save.
+    A second signal quits at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.sweep_dir = sweep_dir
+        self.signum: int | None = None
+        stop_file(sweep_dir).unlink(missing_ok=True)  # an earlier sweep's, in a sweep directory used again
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    @property
+    def exit_code(self) -> int | None:
+        return 128 + self.signum if self.signum is not None else None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        _quit_on_next_signal()
+        name = signal.Signals(signum).name
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        stop_file(self.sweep_dir).write_text(name)
+        log.warning("%s: stopping the sweep: running jobs save last.pt, jobs not started yet are skipped "
+                    "(send it again to quit at once)", name)

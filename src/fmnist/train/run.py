@@ -49,12 +49,12 @@ class RunResult:
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None = None,
-                 world: World = World(), launch: Launch = Launch()) -> RunResult:
+                 world: World = World(), launch: Launch = Launch(), stop_file: Path | None = None) -> RunResult:
     """Train cfg's model on cfg's dataset (or continue `cfg.resume`) and write every artifact into out_dir.
 
     The run directory is claimed first (one process at a time, never over another run unless resuming);
     from then on any failure is recorded in its metrics.json, its report.html and the trackers before it
-    propagates.
+    propagates. `stop_file`: where a parallel sweep asks its jobs to stop (train/interrupt.py).
     """
     run_dir = RunDir if world.main else FollowerRunDir
     try:
@@ -67,7 +67,7 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
     run = run_dir(resume_from.parent if resume_from is not None else out_dir)
     with run.claim(resuming=bool(cfg.resume)):
         try:
-            return _train(cfg, run, dict(choices or {}), resume_from, Collective(world), launch)
+            return _train(cfg, run, dict(choices or {}), resume_from, Collective(world), launch, stop_file)
         except Interrupted as exc:
             run.record_status("interrupted", str(exc))
             run.finish("interrupted")
@@ -79,7 +79,7 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
 
 
 def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: Path | None,
-           ranks: Collective, launch: Launch) -> RunResult:
+           ranks: Collective, launch: Launch, stop_file: Path | None) -> RunResult:
     started = time.perf_counter()
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed is not None:
@@ -116,7 +116,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
         return state.checkpoint(t, cfg, choices, status, in_progress=in_progress,
                                 data_rng=train_batches.rng_state() if in_progress is not None else None)
 
-    with StopRequest() as stop:
+    with StopRequest(stop_file) as stop:
         try:
             for train in train_epochs(runner, train_batches, state.epochs_done + 1, cfg.epochs, start=state.partial,
                                       data_rng=state.partial_data_rng, progress=progress,
