@@ -59,6 +59,28 @@ def test_auto_device_and_precision_on_cpu(monkeypatch):
         resolve_precision("fp16", torch.device("cpu"))
 
 
+def test_a_multirun_sizes_its_jobs_to_the_cpu_cores_and_runs_gpu_jobs_one_at_a_time():
+    """The default launcher: cores / threads jobs at once on the CPU (Optuna asks for as many trials per
+    batch); one job at a time where the jobs train on a GPU, which they would have to share."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from fmnist.config import CONFIG_DIR, usable_cores
+
+    def launched(*overrides: str) -> tuple[int, int | None]:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+        return cfg.hydra.launcher.n_jobs, cfg.hydra.sweeper.get("n_jobs")
+
+    cores = usable_cores()
+    on_cpu = cores if not (torch.cuda.is_available() or torch.backends.mps.is_available()) else 1
+    assert launched() == (on_cpu, None)
+    assert launched("device=cpu", "threads=2") == (max(1, cores // 2), None)
+    assert launched("device=cpu", "threads=1") == (cores, None)
+    assert launched("device=cuda") == (1, None)
+    assert launched("device=cpu", "hparams_search=optuna") == (cores, cores)
+
+
 def test_cudagraph_rules():
     with pytest.raises(UserError, match="fixed learning rate"):
         validate(compose("compile=cudagraph", "scheduler=cosine"))

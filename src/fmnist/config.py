@@ -43,10 +43,22 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def sweep_jobs(threads: int | str) -> int:
-    """Parallel sweep jobs that fit the usable cores at `threads` each (auto: one thread per job)."""
+def sweep_jobs(threads: int | str, device: str = "cpu") -> int:
+    """Parallel sweep jobs that fit the usable cores at `threads` each (auto: one thread per job); one job
+    at a time when the jobs train on a GPU (device cuda or mps, or auto on a machine that has one), which
+    they would share instead of the cores."""
+    if device != "cpu" and (device != "auto" or _has_accelerator()):
+        return 1
     per_job = threads if isinstance(threads, int) and threads > 0 else 1
     return max(1, usable_cores() // per_job)
+
+
+def _has_accelerator() -> bool:
+    """What device=auto finds besides the CPU (runtime.resolve_device). Imports torch: only a sweep's process
+    asks, once, when it sizes its launcher."""
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 # Used in hydra.run.dir / hydra.sweep.dir: the start time and the process id make run directories unique on
@@ -54,7 +66,9 @@ def sweep_jobs(threads: int | str) -> int:
 if not OmegaConf.has_resolver("fmnist.pid"):
     OmegaConf.register_new_resolver("fmnist.pid", run_pid)
     OmegaConf.register_new_resolver("fmnist.now", lambda pattern: run_started().strftime(pattern))
-    OmegaConf.register_new_resolver("fmnist.sweep_jobs", sweep_jobs)  # conf/hydra/launcher/parallel.yaml
+    # conf/hydra/launcher/parallel.yaml; the run's keys read from the root, which `--cfg hydra` shows without
+    OmegaConf.register_new_resolver("fmnist.sweep_jobs", lambda *, _root_: sweep_jobs(
+        _root_.get("threads", "auto"), _root_.get("device", "auto")))
 
 _MISSING = object()
 

@@ -10,7 +10,9 @@ rank 0 logs at info level and writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import multiprocessing
 import os
 import shlex
 import sys
@@ -57,9 +59,8 @@ def main(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    launcher = hydra_cfg.get("launcher") or {}
-    jobs = parallel_jobs(str(launcher.get("_target_", "")), launcher.get("n_jobs")) if multirun else 1
-    if jobs > 1:
+    pooled = multirun and multiprocessing.parent_process() is not None  # in a worker of a parallel sweep
+    if pooled:
         leave_ctrl_c_to_the_sweep()  # first: importing torch takes seconds
 
     from fmnist.artifacts.tracking import Launch
@@ -74,12 +75,16 @@ def main(cfg: DictConfig) -> float:
 
     out_dir = Path(hydra_cfg.runtime.output_dir)
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v}
+    launcher = hydra_cfg.get("launcher") or {}
+    jobs = parallel_jobs(str(launcher.get("_target_", "")), launcher.get("n_jobs")) if multirun else 1
     # The command that reproduces this run: a sweep job's own overrides, or the command line as typed.
     launch = Launch(shlex.join(["fmnist-train", *hydra_cfg.overrides.task]), Path(hydra_cfg.sweep.dir),
                     hydra_cfg.job.num) if multirun else Launch(shlex.join(["fmnist-train", *sys.argv[1:]]))
 
     def train() -> float:
         settings = checked(cfg)  # validated before anything acts on a value
+        if pooled and settings.progress == "auto":  # jobs side by side would draw their bars over each other:
+            settings = dataclasses.replace(settings, progress=False)  # plain progress lines every ~30 s instead
         side_by_side = jobs * world.local_size  # sweep jobs, or this machine's ranks
         threads = configure_threads(settings.threads, side_by_side)
         log.info("cpu threads %d (threads=%s, %d usable cores, %d process%s side by side, OMP_WAIT_POLICY=%s)",
@@ -89,7 +94,7 @@ def main(cfg: DictConfig) -> float:
             log.info("distributed: %d processes, global batch %d = %d per process", world.size,
                      settings.batch_size, settings.batch_size // world.size)
         result = run_training(settings, out_dir, choices, world, launch,
-                              stop_file=stop_file(Path(hydra_cfg.sweep.dir)) if jobs > 1 else None)
+                              stop_file=stop_file(Path(hydra_cfg.sweep.dir)) if pooled else None)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
                  100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, result.out_dir)
         return result.best_val_acc
@@ -97,7 +102,7 @@ def main(cfg: DictConfig) -> float:
     if not multirun:
         return report_user_errors("fmnist-train", train)
     return run_job(train, out_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num,
-                   str(hydra_cfg.sweeper.get("_target_", "")), pooled=jobs > 1)
+                   str(hydra_cfg.sweeper.get("_target_", "")), pooled=pooled)
 
 
 if __name__ == "__main__":
