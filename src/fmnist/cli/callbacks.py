@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from fmnist.train.interrupt import ParallelStop
 
 
 class SummaryCallback(Callback):
@@ -20,7 +23,7 @@ class SummaryCallback(Callback):
     """
 
     def __init__(self) -> None:
-        self.stop: Any = None
+        self.stop: ParallelStop | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from fmnist.artifacts.sweep import parallel_jobs

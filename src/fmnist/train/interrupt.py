@@ -67,7 +67,8 @@ def _quit_on_next_signal() -> None:
 def signal_in(stop_file: Path) -> int:
     """The signal a stop file names (SIGINT when it cannot be read: it still asks to stop)."""
     try:
-        return int(signal.Signals[stop_file.read_text().strip()])
+        with stop_file.open(encoding="ascii", errors="replace") as f:
+            return int(signal.Signals[f.read(16).strip()])
     except (OSError, KeyError, ValueError):
         return int(signal.SIGINT)
 
@@ -105,7 +106,12 @@ class ParallelStop:
         self.signum = signum
         _quit_on_next_signal()
         name = signal.Signals(signum).name
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        stop_file(self.sweep_dir).write_text(name)
+        try:
+            self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            stop_file(self.sweep_dir).write_text(name)
+        except OSError as exc:  # a full disk: the jobs cannot be told; say so rather than raise mid-frame
+            log.error("%s: cannot write %s (%s): the jobs go on; send it again to quit at once", name,
+                      stop_file(self.sweep_dir), exc.strerror or exc)
+            return
         log.warning("%s: stopping the sweep: running jobs save last.pt, jobs not started yet are skipped "
                     "(send it again to quit at once)", name)
