@@ -121,7 +121,7 @@ def test_every_experiment_preset_is_a_valid_config(name: str):
     cfg = train_config(compose(f"experiment={name}"))
     if name.endswith("speedrun"):
         assert cfg.model["_target_"] == "fmnist.models.SpeedNet" and cfg.optimizer["nesterov"] is True
-        assert cfg.tta == ("none" if cfg.dataset.name == "mnist" else "flip")
+        assert cfg.tta in (("none", "translate") if cfg.dataset.name == "mnist" else ("flip", "flip_translate"))
         assert not (cfg.dataset.name == "mnist" and cfg.dataset.augment.hflip)  # a mirrored digit is another digit
 
 
