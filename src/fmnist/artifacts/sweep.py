@@ -29,7 +29,6 @@ from fmnist.artifacts.rundir import BEST, REPORT, RunDir, RunDirectoryInUse, lat
 from fmnist.artifacts.tracking import MLFLOW_SWEEP_MEMO
 from fmnist.config import usable_cores
 from fmnist.errors import Interrupted, UserError
-from fmnist.train.interrupt import signal_in, stop_file
 
 log = logging.getLogger("fmnist")
 
@@ -285,3 +284,21 @@ def parallel_jobs(launcher_target: str, n_jobs: int | None) -> int:
         return 1
     n = int(n_jobs or 1)
     return max(1, usable_cores() + 1 + n) if n < 0 else n  # joblib: -1 all cores, -2 all but one
+
+
+# ---- the stop file: how a parallel sweep's process asks its jobs to stop (train/interrupt.py) ----------
+
+def signal_in(stop_file: Path) -> int:
+    """The signal a stop file names (SIGINT when it cannot be read: it still asks to stop)."""
+    try:
+        with stop_file.open(encoding="ascii", errors="replace") as f:
+            return int(signal.Signals[f.read(16).strip()])
+    except (OSError, KeyError, ValueError):
+        return int(signal.SIGINT)
+
+
+STOPPED = ".stopped"  # in the sweep directory: the signal that stopped it
+
+
+def stop_file(sweep_dir: Path) -> Path:
+    return sweep_dir / STOPPED

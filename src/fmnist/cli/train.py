@@ -55,7 +55,7 @@ def quiet_follower() -> None:
 @hydra_app("fmnist-train", "train", check=checked, before_run=join_world)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
-    from fmnist.artifacts.sweep import leave_ctrl_c_to_the_sweep, parallel_jobs, run_job
+    from fmnist.artifacts.sweep import leave_ctrl_c_to_the_sweep, parallel_jobs, run_job, stop_file
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -65,7 +65,6 @@ def main(cfg: DictConfig) -> float:
 
     from fmnist.artifacts.tracking import Launch
     from fmnist.runtime import configure_threads
-    from fmnist.train.interrupt import stop_file
     from fmnist.train.run import run_training
 
     world = current_world()

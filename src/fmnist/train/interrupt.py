@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from fmnist.artifacts.sweep import signal_in, stop_file
+
 log = logging.getLogger("fmnist")
 
 
@@ -62,22 +64,6 @@ def _quit_on_next_signal() -> None:
     """A second SIGINT/SIGTERM gets the default behaviour: exit now."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def signal_in(stop_file: Path) -> int:
-    """The signal a stop file names (SIGINT when it cannot be read: it still asks to stop)."""
-    try:
-        with stop_file.open(encoding="ascii", errors="replace") as f:
-            return int(signal.Signals[f.read(16).strip()])
-    except (OSError, KeyError, ValueError):
-        return int(signal.SIGINT)
-
-
-STOPPED = ".stopped"  # in the sweep directory: the signal that stopped it
-
-
-def stop_file(sweep_dir: Path) -> Path:
-    return sweep_dir / STOPPED
 
 
 class ParallelStop:
