@@ -54,8 +54,8 @@ def sweep_jobs(threads: int | str, device: str = "cpu") -> int:
 
 
 def _has_accelerator() -> bool:
-    """What device=auto finds besides the CPU (runtime.resolve_device). Imports torch: only a sweep's process
-    asks, once, when it sizes its launcher."""
+    """What device=auto finds besides the CPU (runtime.resolve_device). Imports torch: asked only when a
+    --multirun sizes its launcher, never by a single run's config check."""
     import torch
 
     return torch.cuda.is_available() or torch.backends.mps.is_available()
@@ -66,7 +66,8 @@ def _has_accelerator() -> bool:
 if not OmegaConf.has_resolver("fmnist.pid"):
     OmegaConf.register_new_resolver("fmnist.pid", run_pid)
     OmegaConf.register_new_resolver("fmnist.now", lambda pattern: run_started().strftime(pattern))
-    # conf/hydra/launcher/parallel.yaml; the run's keys read from the root, which `--cfg hydra` shows without
+    # conf/hydra/launcher/parallel.yaml: n_jobs from the run's threads and device, read from the config's root
+    # (the defaults where the root has no such keys: the config that `--cfg hydra` prints)
     OmegaConf.register_new_resolver("fmnist.sweep_jobs", lambda *, _root_: sweep_jobs(
         _root_.get("threads", "auto"), _root_.get("device", "auto")))
 
