@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -278,11 +278,12 @@ def sweeper_wants_exceptions(sweeper_target: str) -> bool:
     return "optuna" in sweeper_target.lower()
 
 
-def parallel_jobs(launcher_target: str, n_jobs: int | None) -> int:
-    """How many jobs run side by side: the joblib launcher's n_jobs (-1: one per core), else one."""
-    if "joblib" not in launcher_target.lower():
+def parallel_jobs(launcher: Mapping[str, Any]) -> int:
+    """How many jobs run side by side under the `hydra.launcher` config given: the joblib launcher's n_jobs
+    (-1: one per core), else one."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
         return 1
-    n = int(n_jobs or 1)
+    n = int(launcher.get("n_jobs") or 1)
     return max(1, usable_cores() + 1 + n) if n < 0 else n  # joblib: -1 all cores, -2 all but one
 
 

@@ -29,8 +29,7 @@ class SummaryCallback(Callback):
         from fmnist.artifacts.sweep import parallel_jobs
         from fmnist.train.interrupt import ParallelStop
 
-        launcher = config.hydra.launcher
-        if parallel_jobs(str(launcher.get("_target_", "")), launcher.get("n_jobs")) > 1:
+        if parallel_jobs(config.hydra.launcher) > 1:
             self.stop = ParallelStop(Path(config.hydra.sweep.dir))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:

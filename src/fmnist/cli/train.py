@@ -74,8 +74,7 @@ def main(cfg: DictConfig) -> float:
 
     out_dir = Path(hydra_cfg.runtime.output_dir)
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v}
-    launcher = hydra_cfg.get("launcher") or {}
-    jobs = parallel_jobs(str(launcher.get("_target_", "")), launcher.get("n_jobs")) if multirun else 1
+    jobs = parallel_jobs(hydra_cfg.get("launcher") or {}) if multirun else 1
     # The command that reproduces this run: a sweep job's own overrides, or the command line as typed.
     launch = Launch(shlex.join(["fmnist-train", *hydra_cfg.overrides.task]), Path(hydra_cfg.sweep.dir),
                     hydra_cfg.job.num) if multirun else Launch(shlex.join(["fmnist-train", *sys.argv[1:]]))

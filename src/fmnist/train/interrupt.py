@@ -13,6 +13,8 @@ from fmnist.artifacts.sweep import signal_in, stop_file
 
 log = logging.getLogger("fmnist")
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the requests to stop
+
 
 class StopRequest:
     """While active, the first SIGINT/SIGTERM only sets a flag; a second one ends the process at once.
@@ -21,7 +23,6 @@ class StopRequest:
     it gets the signal (artifacts/sweep.py: its workers leave Ctrl-C to it). Checked at most every 0.1 s.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
     FILE_CHECK_SECONDS = 0.1
 
     def __init__(self, stop_file: Path | None = None) -> None:
@@ -51,7 +52,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # handlers only exist in the main thread
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -75,13 +76,11 @@ class ParallelStop:
     A second signal quits at once.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self, sweep_dir: Path) -> None:
         self.sweep_dir = sweep_dir
         self.signum: int | None = None
         stop_file(sweep_dir).unlink(missing_ok=True)  # an earlier sweep's, in a sweep directory used again
-        for sig in self.SIGNALS:
+        for sig in SIGNALS:
             signal.signal(sig, self._handle)
 
     @property
