@@ -57,7 +57,8 @@ def cpu_bf16_flag() -> str | None:
 
     Only there does bf16 autocast pay on a CPU (docs/benchmarks.md): on an Intel Xeon with AMX the cnn
     trained 1.9x faster; on an AMD EPYC with AVX-512 BF16 (Zen 4) the cnn 1.27x, the mlp 1.19x, the CIFAR-10
-    feedforward 1.48x (the bn_cnn 0.86x); on an AMD EPYC with neither a BatchNorm-GELU net ran ~8x slower.
+    feedforward 1.48x (the bn_cnn 0.86x); on a Zen 5 the speed presets' nets 1.14-1.76x; on an AMD EPYC with
+    neither a BatchNorm-GELU net ran ~8x slower.
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
