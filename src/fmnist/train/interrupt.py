@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from fmnist.artifacts.sweep import signal_in, stop_file
+from fmnist.artifacts.sweep import ask_to_stop, signal_in, stop_file
 
 log = logging.getLogger("fmnist")
 
@@ -92,8 +92,7 @@ class ParallelStop:
         _quit_on_next_signal()
         name = signal.Signals(signum).name
         try:
-            self.sweep_dir.mkdir(parents=True, exist_ok=True)
-            stop_file(self.sweep_dir).write_text(name)
+            ask_to_stop(self.sweep_dir, signum)
         except OSError as exc:  # a full disk: the jobs cannot be told; say so rather than raise mid-frame
             log.error("%s: cannot write %s (%s): the jobs go on; send it again to quit at once", name,
                       stop_file(self.sweep_dir), exc.strerror or exc)
