@@ -289,12 +289,10 @@ def parallel_jobs(launcher: Mapping[str, Any]) -> int:
 
 # ---- the stop file: how a parallel sweep's process asks its jobs to stop (train/interrupt.py) ----------
 
-def ask_to_stop(sweep_dir: Path, signum: int) -> Path:
-    """Write the stop file naming `signum` (OSError when it cannot be written); returns its path."""
+def ask_to_stop(sweep_dir: Path, signum: int) -> None:
+    """Write the stop file naming `signum` (OSError when it cannot be written)."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    path = stop_file(sweep_dir)
-    path.write_text(signal.Signals(signum).name, encoding="ascii")
-    return path
+    stop_file(sweep_dir).write_text(signal.Signals(signum).name, encoding="ascii")
 
 
 def signal_in(stop_file: Path) -> int:
