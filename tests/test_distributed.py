@@ -8,6 +8,7 @@ import importlib.util
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from helpers import FAST, cli, one_line_error, torchrun, torchrun_command
 
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.data.batches import Shard
+from fmnist.train.distributed import LEAVE_TIMEOUT
 from fmnist.world import World, current_world
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
@@ -163,6 +165,33 @@ def test_a_nan_loss_stops_every_rank_with_one_message(tmp_path):
     assert metrics["status"] == "failed" and "NaN/inf" in metrics["error"]
     errors = {line for line in proc.stderr.splitlines() if line.startswith("fmnist-train: error:")}
     assert len(errors) == 1 and "the training loss became NaN/inf" in errors.pop(), proc.stderr  # alike in all ranks
+
+
+# Rank 0 fails on its own right after a collective, while rank 1 waits in the next one.
+FAILS_ALONE = """
+import sys, torch, torch.distributed as dist
+from fmnist.train.distributed import join
+from fmnist.world import current_world
+join(current_world())
+dist.all_reduce(torch.ones(1))
+if dist.get_rank() == 0:
+    sys.exit(3)
+dist.all_reduce(torch.ones(3))
+"""
+
+
+def test_a_rank_failing_alone_does_not_hang_the_exit_barrier(tmp_path):
+    """Each rank waits at exit for the others (so that gloo has released its tensors before the interpreter
+    finalizes); one whose peer is stuck in another collective gives up after LEAVE_TIMEOUT, and the launcher
+    reports the failure instead of hanging."""
+    script = tmp_path / "fails_alone.py"
+    script.write_text(FAILS_ALONE)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert time.monotonic() - started < LEAVE_TIMEOUT.total_seconds() + 60, proc.stderr
+    assert "terminate called" not in proc.stderr
 
 
 def test_the_dataloader_path_shards_with_distributed_sampler(tmp_path):
