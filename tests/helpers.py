@@ -99,12 +99,16 @@ def cli(tool: str, *args: str, cwd: Path, check: bool = True) -> subprocess.Comp
     return proc
 
 
-def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
-    """`torchrun --standalone --nproc_per_node=N --no-python fmnist-train ARGS`, as the README says."""
+def torchrun_launcher(nproc: int = 2) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=N`, to be followed by what each rank runs."""
     launcher = Path(sys.executable).with_name("torchrun")
     command = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    return [*command, "--standalone", f"--nproc_per_node={nproc}", "--no-python", console_script("fmnist-train"),
-            *args]
+    return [*command, "--standalone", f"--nproc_per_node={nproc}"]
+
+
+def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=N --no-python fmnist-train ARGS`, as the README says."""
+    return [*torchrun_launcher(nproc), "--no-python", console_script("fmnist-train"), *args]
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:

@@ -8,13 +8,12 @@ import importlib.util
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, cli, one_line_error, torchrun, torchrun_command
+from helpers import FAST, cli, one_line_error, torchrun, torchrun_command, torchrun_launcher
 
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.data.batches import Shard
@@ -187,8 +186,8 @@ def test_a_rank_failing_alone_does_not_hang_the_exit_barrier(tmp_path):
     script = tmp_path / "fails_alone.py"
     script.write_text(FAILS_ALONE)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run([*torchrun_launcher(), str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)
     assert proc.returncode != 0
     assert time.monotonic() - started < LEAVE_TIMEOUT.total_seconds() + 60, proc.stderr
     assert "terminate called" not in proc.stderr
