@@ -289,3 +289,16 @@ def test_skip_batch_stops_when_too_much_of_an_epoch_was_skipped(tmp_path: Path):
     assert "epoch 1:" in line and "skip_batch_limit=0.25" in line
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["history"] == []
+
+
+def test_a_directory_target_is_checked_without_creating_anything(tmp_path: Path):
+    """What fmnist-eval/predict ask of out_dir before any work: the same answer as ensure_dir, nothing made."""
+    (tmp_path / "taken").write_text("a file")
+    assert atomic.check_dir_target(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    for blocked in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        with pytest.raises(UserError, match="a file is in the way") as checked:
+            atomic.check_dir_target(blocked)
+        with pytest.raises(UserError) as made:
+            atomic.ensure_dir(blocked)
+        assert str(checked.value) == str(made.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

@@ -53,11 +53,26 @@ def ensure_dir(path: Path) -> Path:
     """mkdir -p, with a one-line error when something is in the way or the disk refuses."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"cannot use {path} as a directory: a file is in the way") from None
+    except (FileExistsError, NotADirectoryError):  # the path itself, or one of its parents, is a file
+        raise _in_the_way(path) from None
     except OSError as exc:
         raise UserError(f"cannot create directory {path}: {exc.strerror or exc}") from None
     return path
+
+
+def check_dir_target(path: Path) -> Path:
+    """Whether ensure_dir(path) could succeed as far as what exists already goes: its nearest existing
+    ancestor (or itself) is a directory. Creates nothing, so it can be asked before the work that writes."""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise _in_the_way(path)
+            break
+    return path
+
+
+def _in_the_way(path: Path) -> UserError:
+    return UserError(f"cannot use {path} as a directory: a file is in the way")
 
 
 def _reason(exc: BaseException, path: Path) -> str:

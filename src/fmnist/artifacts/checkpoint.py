@@ -3,8 +3,8 @@
 A checkpoint describes itself: model and optimizer state, the resolved config, class names, metrics and
 library versions, so fmnist-eval and fmnist-predict rebuild everything from the file alone. A checkpoint
 may come from anywhere, so reading treats it as hostile data: the archive's records are size-checked before
-anything is inflated, `torch.load(weights_only=True)` refuses objects that would run code when unpickled,
-and every field is type-checked before use. (What its config may build is `allowlist.py`'s job.)
+anything is inflated (inputs.py), `torch.load(weights_only=True)` refuses objects that would run code when
+unpickled, and every field is type-checked before use. (What its config may build is `allowlist.py`'s job.)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import pickle
 import platform
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,12 @@ import torchvision
 
 from fmnist import __version__
 from fmnist.artifacts.atomic import write_atomically
+from fmnist.artifacts.inputs import check_checkpoint_file
 from fmnist.errors import UserError, describe, one_line
 
 FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "model", "config", "class_names", "epoch", "metrics", "versions")
-# The largest model fmnist ships (feedforward on CIFAR-10) with Adam's state is under 100 MB.
-MAX_CHECKPOINT_BYTES = 2 << 30
-MAX_PICKLE_BYTES = 64 << 20  # the pickled structure itself (tensors live in their own records)
 
 
 def versions() -> dict[str, str]:
@@ -47,10 +44,7 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint written by fmnist, without unpickling arbitrary objects."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    _check_archive(path)
+    path = check_checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # the file is user input: any failure to parse it is a user-facing error
@@ -71,33 +65,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                         f"({__version__}) reads format {FORMAT_VERSION}")
     _check_fields(ckpt, path)
     return ckpt
-
-
-def _check_archive(path: Path) -> None:
-    """Bound what torch.load will allocate: a zip of uncompressed records no larger than the file itself.
-
-    torch.save writes stored (uncompressed) records; a deflated record could inflate a few MB into GBs.
-    """
-    size = path.stat().st_size
-    if size > MAX_CHECKPOINT_BYTES:
-        raise UserError(f"{path} is {size / 2**30:.1f} GiB: larger than any checkpoint fmnist writes "
-                        f"({MAX_CHECKPOINT_BYTES >> 30} GiB at most)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            records = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable checkpoint (not a torch.save archive: {exc})") from None
-    total = 0
-    for record in records:
-        if record.compress_type != zipfile.ZIP_STORED or record.file_size != record.compress_size:
-            raise UserError(f"{path} has a compressed record ({record.filename}): torch.save never writes one, "
-                            f"refusing to inflate it")
-        if record.filename.endswith("data.pkl") and record.file_size > MAX_PICKLE_BYTES:
-            raise UserError(f"{path}: its pickled structure is {record.file_size >> 20} MiB, too large for an "
-                            f"fmnist checkpoint")
-        total += record.file_size
-    if total > size:
-        raise UserError(f"{path}: its records claim {total} bytes in a {size}-byte file (corrupt)")
 
 
 def _check_fields(ckpt: dict[str, Any], path: Path) -> None:

@@ -34,7 +34,9 @@ from hydra.errors import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmnist.config import CONFIG_DIR
+from fmnist.artifacts.atomic import check_dir_target
+from fmnist.artifacts.inputs import check_checkpoint_file, existing_file
+from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
 from fmnist.errors import UserError
 
 T = TypeVar("T")
@@ -55,6 +57,19 @@ def fail(prog: str, message: str, code: int = 2) -> Any:
     logging.shutdown()
     print(f"{prog}: {'error: ' if code == 2 else ''}{' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
+
+
+def check_inputs(settings: InspectConfig) -> InspectConfig:
+    """The files an fmnist-eval or fmnist-predict run names, checked as far as they can be without torch: a
+    missing or broken checkpoint, a missing image or a file where out_dir should be is one line at once,
+    not after torch's import (about 5 s on a 2-core CPU) or, for out_dir, after the whole evaluation."""
+    if settings.ckpt:
+        check_checkpoint_file(settings.ckpt)
+    if isinstance(settings, PredictConfig) and settings.image is not None:
+        existing_file(settings.image, "image")
+    if settings.out_dir:
+        check_dir_target(Path(settings.out_dir).expanduser())
+    return settings
 
 
 def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object],

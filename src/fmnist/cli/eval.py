@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from fmnist.cli.common import hydra_app, report_user_errors
+from fmnist.cli.common import check_inputs, hydra_app, report_user_errors
 from fmnist.config import eval_config
 
 
-@hydra_app("fmnist-eval", "eval", check=eval_config)
+@hydra_app("fmnist-eval", "eval", check=lambda cfg: check_inputs(eval_config(cfg)))
 def main(cfg: DictConfig) -> float:
     """Returns the accuracy, so `--multirun` over checkpoints or splits can compare them."""
     from fmnist.inference.evaluation import run_eval  # torch: only once there is work to do

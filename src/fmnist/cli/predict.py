@@ -8,11 +8,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmnist.cli.common import hydra_app, report_user_errors
+from fmnist.cli.common import check_inputs, hydra_app, report_user_errors
 from fmnist.config import predict_config
 
 
-@hydra_app("fmnist-predict", "predict", check=predict_config)
+@hydra_app("fmnist-predict", "predict", check=lambda cfg: check_inputs(predict_config(cfg)))
 def main(cfg: DictConfig) -> str:
     """Returns the predicted class name."""
     from fmnist.inference.prediction import run_predict  # torch: only once there is work to do

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fmnist.artifacts.inputs import existing_file
 from fmnist.errors import UserError
 
 # A photo from a phone is 12-50 Mpx; a header claiming more is a decompression bomb, refused before decoding.
@@ -20,9 +21,7 @@ def load_image_file(path: str | Path, channels: int, size: int, invert: bool | s
     The image is scaled so its longer side fits, then centred on its own background colour. For
     grayscale models, `invert="auto"` flips a dark-on-light photo into the light-on-dark look of MNIST.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"image {path} does not exist")
+    path = existing_file(path, "image")
     try:
         with Image.open(path) as img:
             w, h = img.size

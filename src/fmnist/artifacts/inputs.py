@@ -1,0 +1,55 @@
+"""Files a user names (a checkpoint, an image), checked as far as their names and containers go.
+
+Torch-free on purpose: fmnist-eval and fmnist-predict run these checks before they import torch (about
+5 s on a 2-core CPU), so a mistyped path or a truncated download answers at once. The code that reads the
+files runs the same checks again, for sweep jobs and for callers of the library.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from fmnist.errors import UserError
+
+# The largest model fmnist ships (feedforward on CIFAR-10) with Adam's state is under 100 MB.
+MAX_CHECKPOINT_BYTES = 2 << 30
+MAX_PICKLE_BYTES = 64 << 20  # the pickled structure itself (tensors live in their own records)
+
+
+def existing_file(path: str | Path, what: str) -> Path:
+    """`path` with ~ expanded, or why it cannot be read as a file (`what`: "image", "checkpoint")."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    return path
+
+
+def check_checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint whose container torch.load can read without allocating more than the file holds: a zip
+    of uncompressed records, no larger than the file itself.
+
+    torch.save writes stored (uncompressed) records; a deflated record could inflate a few MB into GBs.
+    """
+    path = existing_file(path, "checkpoint")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise UserError(f"{path} is {size / 2**30:.1f} GiB: larger than any checkpoint fmnist writes "
+                        f"({MAX_CHECKPOINT_BYTES >> 30} GiB at most)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable checkpoint (not a torch.save archive: {exc})") from None
+    total = 0
+    for record in records:
+        if record.compress_type != zipfile.ZIP_STORED or record.file_size != record.compress_size:
+            raise UserError(f"{path} has a compressed record ({record.filename}): torch.save never writes one, "
+                            f"refusing to inflate it")
+        if record.filename.endswith("data.pkl") and record.file_size > MAX_PICKLE_BYTES:
+            raise UserError(f"{path}: its pickled structure is {record.file_size >> 20} MiB, too large for an "
+                            f"fmnist checkpoint")
+        total += record.file_size
+    if total > size:
+        raise UserError(f"{path}: its records claim {total} bytes in a {size}-byte file (corrupt)")
+    return path
