@@ -61,8 +61,8 @@ def ensure_dir(path: Path) -> Path:
 
 
 def check_dir_target(path: Path) -> Path:
-    """Whether ensure_dir(path) could succeed as far as what exists already goes: its nearest existing
-    ancestor (or itself) is a directory. Creates nothing, so it can be asked before the work that writes."""
+    """ensure_dir's error for a file in the way (at `path` or at its nearest existing ancestor), without
+    creating anything: asked before the work whose results go there."""
     for existing in (path, *path.parents):
         if existing.exists():
             if not existing.is_dir():
