@@ -68,7 +68,7 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
     if isinstance(settings, PredictConfig) and settings.image is not None:
         existing_file(settings.image, "image")
     if settings.out_dir:
-        check_dir_target(Path(settings.out_dir).expanduser())
+        check_dir_target(Path(settings.out_dir))  # the path evaluation.py and prediction.py write to
     return settings
 
 
