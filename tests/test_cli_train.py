@@ -98,7 +98,7 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
 @pytest.mark.parametrize(("tool", "args", "code"), [
     ("train", ["--help"], 0), ("train", ["--cfg", "job"], 0), ("train", ["batch_size=0"], 2),
     ("train", ["modle=cnn"], 2), ("eval", ["--help"], 0), ("predict", ["index=-1"], 2),
-    ("eval", ["ckpt=missing.pt"], 2), ("predict", ["image=missing.png"], 2),
+    ("eval", ["ckpt=missing.pt"], 2), ("predict", ["image=missing.png"], 2), ("eval", [], 2),
 ])
 def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_path: Path, tool: str,
                                                                          args: list[str], code: int):

@@ -29,15 +29,16 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fmnist.artifacts.atomic import ensure_dir, write_atomically
-from fmnist.artifacts.checkpoint import load_checkpoint, save_checkpoint
-from fmnist.artifacts.report import Mistakes
 from fmnist.artifacts.tracking import RunInfo, Trackers
 from fmnist.errors import UserError
+
+if TYPE_CHECKING:  # torch only where checkpoints are written or read: fmnist-eval finds latest_checkpoint without it
+    import torch
+
+    from fmnist.artifacts.report import Mistakes
 
 LAST, BEST = "last.pt", "best.pt"
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
@@ -100,12 +101,18 @@ class RunDir:
             os.close(fd)  # releases the lock
 
     def save_last(self, payload: dict[str, Any]) -> None:
+        from fmnist.artifacts.checkpoint import save_checkpoint
+
         save_checkpoint(payload, self.last)
 
     def save_best(self, payload: dict[str, Any]) -> None:
+        from fmnist.artifacts.checkpoint import save_checkpoint
+
         save_checkpoint(payload, self.best)
 
     def load_best(self, device: torch.device) -> dict[str, Any]:
+        from fmnist.artifacts.checkpoint import load_checkpoint
+
         return load_checkpoint(self.best, map_location=device)
 
     def kept(self) -> str:

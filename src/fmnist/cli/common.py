@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist.artifacts.atomic import check_dir_target
 from fmnist.artifacts.inputs import check_checkpoint_file, existing_file
+from fmnist.artifacts.rundir import latest_checkpoint
 from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
 from fmnist.errors import UserError
 
@@ -61,10 +62,13 @@ def fail(prog: str, message: str, code: int = 2) -> Any:
 
 def check_inputs(settings: InspectConfig) -> InspectConfig:
     """The files an fmnist-eval or fmnist-predict run names, checked as far as they can be without torch: a
-    missing or broken checkpoint, a missing image or a file where out_dir should be is one line at once,
-    not after torch's import (about 5 s on a 2-core CPU) or, for out_dir, after the whole evaluation."""
+    missing or broken checkpoint (or no trained model at all without ckpt=), a missing image or a file where
+    out_dir should be is one line at once, not after torch's import (about 5 s on a 2-core CPU) or, for
+    out_dir, after the whole evaluation."""
     if settings.ckpt:
         check_checkpoint_file(settings.ckpt)
+    else:
+        latest_checkpoint()  # "no trained model found" at once; restore() chooses among the runs found
     if isinstance(settings, PredictConfig) and settings.image is not None:
         existing_file(settings.image, "image")
     if settings.out_dir:
