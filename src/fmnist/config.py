@@ -459,6 +459,11 @@ class InspectConfig:
     data_root: str | None
     data_download: bool | None
 
+    @property
+    def out_path(self) -> Path | None:
+        """out_dir as every writer and check uses it: a leading ~ expanded, as for ckpt=, image= and dataset.root."""
+        return Path(self.out_dir).expanduser() if self.out_dir else None
+
 
 @dataclass(frozen=True)
 class EvalConfig(InspectConfig):

@@ -71,8 +71,8 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
         latest_checkpoint()  # "no trained model found" at once; restore() chooses among the runs found
     if isinstance(settings, PredictConfig) and settings.image is not None:
         existing_file(settings.image, "image")
-    if settings.out_dir:
-        check_dir_target(Path(settings.out_dir))  # the path evaluation.py and prediction.py write to
+    if settings.out_path:
+        check_dir_target(settings.out_path)
     return settings
 
 

@@ -6,7 +6,6 @@ import json
 import logging
 import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 from fmnist.artifacts.atomic import ensure_dir, write_atomically
@@ -37,7 +36,7 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
                       tta=TTA(tta, cfg.dataset))
     report = class_report(result.confusion, r.class_names)
     recorded = (r.ckpt["metrics"].get("test") or {}).get("accuracy")
-    out_dir = ensure_dir(Path(settings.out_dir) if settings.out_dir else eval_dir(r.path, split))
+    out_dir = ensure_dir(settings.out_path or eval_dir(r.path, split))
     summary = {
         "checkpoint": str(r.path),
         "split": split,

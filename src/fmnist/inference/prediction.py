@@ -53,7 +53,7 @@ def run_predict(cfg: PredictConfig, default_out_dir: Path | None = None) -> dict
         "topk": [{"class": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices,
                                                                                     strict=True)],
     })
-    out_dir = ensure_dir(Path(cfg.out_dir) if cfg.out_dir else (default_out_dir or r.path.parent / PREDICTIONS))
+    out_dir = ensure_dir(cfg.out_path or default_out_dir or r.path.parent / PREDICTIONS)
     figure = plot_prediction(image, probs, names, predicted, true, out_dir / picture, caption=caption)
     result["figure"] = str(figure)
     print(json.dumps(_json_safe(result), allow_nan=False) if cfg.format == "json" else _as_text(result))
