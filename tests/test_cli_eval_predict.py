@@ -113,7 +113,7 @@ def test_predict_by_index_is_right_and_seed_is_reproducible(trained_run: Path, t
 
 def test_predict_text_output(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # out_dir='~/...' (quoted) is the home's, as ckpt= is
-    proc = cli("fmnist-predict", f"ckpt={trained_run / 'best.pt'}", "index=3", "topk=5", "out_dir=~/preds",
+    proc = cli("fmnist-predict", f"ckpt={trained_run / 'best.pt'}", "index=3", "topk=5", "out_dir='~/preds'",
                cwd=tmp_path)
     assert proc.stdout.startswith("test image #3: predicted ")
     assert len([line for line in proc.stdout.splitlines() if line.startswith("  ")]) == 5
