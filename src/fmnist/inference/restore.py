@@ -7,7 +7,6 @@ user's and sizes its model on the meta device before any memory is spent on it.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from fmnist.errors import UserError, one_line
 from fmnist.models import Classifier
 from fmnist.runtime import resolve_device, resolve_precision
 from fmnist.train.setup import build_model, config_from_checkpoint
-
-log = logging.getLogger("fmnist")
 
 
 @dataclass
@@ -46,9 +43,7 @@ class Restored:
 
 def restore(settings: InspectConfig) -> Restored:
     """Load settings.ckpt (default: best.pt of the latest run) and rebuild its model on settings.device."""
-    path = Path(settings.ckpt).expanduser() if settings.ckpt else default_checkpoint()
-    if not settings.ckpt:
-        log.info("using the latest run's checkpoint: %s", path)
+    path = Path(settings.ckpt).expanduser() if settings.ckpt else default_checkpoint()  # which one: it logs
     ckpt = load_checkpoint(path)
     overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
     cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
