@@ -135,11 +135,14 @@ def test_trust_comes_from_the_command_line_not_the_file(trained_run: Path, tmp_p
 
 
 def test_a_stored_data_root_is_never_followed(trained_run: Path, tmp_path: Path):
-    elsewhere = tmp_path / "etc-like" / "made-by-the-file"
+    elsewhere = tmp_path / "etc-like" / "made-by-the-file\x1b[2J"
     ckpt = crafted(trained_run, tmp_path, _set("config.dataset.root", str(elsewhere)))
     proc = cli("fmnist-eval", f"ckpt={ckpt}", "progress=false", cwd=tmp_path)  # reads the user's FMNIST_DATA
     assert "accuracy" in proc.stdout
     assert not elsewhere.parent.exists()
+    # Only named, as a hint for a dataset missing here: escaped, never a terminal control sequence.
+    output = proc.stdout + proc.stderr
+    assert "trained with dataset.root=" in output and "made-by-the-file\\x1b[2J" in output and "\x1b" not in output
 
 
 WRONG_FIELDS = [

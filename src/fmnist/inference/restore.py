@@ -7,6 +7,7 @@ user's and sizes its model on the meta device before any memory is spent on it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,14 @@ import torch
 
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.artifacts.sweep import default_checkpoint
-from fmnist.config import InspectConfig, TrainConfig
-from fmnist.errors import UserError, one_line
+from fmnist.config import InspectConfig, TrainConfig, lookup
+from fmnist.data.sources import data_root
+from fmnist.errors import UserError, describe, one_line
 from fmnist.models import Classifier
 from fmnist.runtime import resolve_device, resolve_precision
 from fmnist.train.setup import build_model, config_from_checkpoint
+
+log = logging.getLogger("fmnist")
 
 
 @dataclass
@@ -47,6 +51,7 @@ def restore(settings: InspectConfig) -> Restored:
     ckpt = load_checkpoint(path)
     overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
     cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
+    _say_where_the_data_is(lookup(ckpt["config"], "dataset.root"), cfg)
     device = resolve_device(settings.device)
     dtype = resolve_precision(settings.precision or cfg.precision, device)
     model = build_model(cfg)
@@ -55,3 +60,12 @@ def restore(settings: InspectConfig) -> Restored:
     except RuntimeError as exc:
         raise UserError(f"{path}: its weights do not fit its model config: {one_line(exc)}") from None
     return Restored(path, ckpt, cfg, model.to(device).eval(), device, dtype)
+
+
+def _say_where_the_data_is(trained_root: Any, cfg: TrainConfig) -> None:
+    """The data directory is always this run's, never the file's (a file must not choose where fmnist reads).
+    Where the model was trained on another, say so: a dataset missing here is then one override away."""
+    here = data_root(cfg.dataset.root)
+    if isinstance(trained_root, str) and trained_root and Path(trained_root).expanduser() != here:
+        log.info("trained with dataset.root=%s; reading the data from %s (dataset.root=, else $FMNIST_DATA, else "
+                 "the default)", describe(trained_root, 200), here)
