@@ -88,6 +88,7 @@ def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...
     ("optimizer.lrr=0.1", "optimizer.lrr is not a config key (did you mean optimizer.lr?)"),
     ("epochs=[", "cannot parse the overrides"),
     ("hydra.run.dir=/proc/fmnist-cannot-be-here", "/proc/fmnist-cannot-be-here"),
+    ("resume='~nobody_fmnist/run'", "resume=~nobody_fmnist/run: there is no checkpoint at ~nobody_fmnist/run"),
 ])
 def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected: str):
     proc = cli("fmnist-train", override, cwd=tmp_path, check=False)
@@ -99,6 +100,7 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     ("train", ["--help"], 0), ("train", ["--cfg", "job"], 0), ("train", ["batch_size=0"], 2),
     ("train", ["modle=cnn"], 2), ("eval", ["--help"], 0), ("predict", ["index=-1"], 2),
     ("eval", ["ckpt=missing.pt"], 2), ("predict", ["image=missing.png"], 2), ("eval", [], 2),
+    ("eval", ["ckpt='~nobody_fmnist/best.pt'"], 2),
 ])
 def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_path: Path, tool: str,
                                                                          args: list[str], code: int):

@@ -19,6 +19,7 @@ from fmnist.artifacts import atomic
 from fmnist.artifacts import checkpoint as checkpoint_module
 from fmnist.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from fmnist.errors import UserError
+from fmnist.paths import user_path
 
 # A recipe that uses every source of randomness: shuffling, augmentation and dropout.
 RECIPE = ("model=mlp", "dataset=mnist", "epochs=4", "batch_size=16", "seed=11", "progress=false",
@@ -302,3 +303,11 @@ def test_a_directory_target_is_checked_without_creating_anything(tmp_path: Path)
             atomic.ensure_dir(blocked)
         assert str(checked.value) == str(made.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_a_typed_path_expands_home_as_a_shell_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """~ is the home; ~name of no such user stays as typed (pathlib raises there, a traceback for the user)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert user_path("~/runs/best.pt") == tmp_path / "runs" / "best.pt"
+    assert user_path("~nobody_fmnist/best.pt") == Path("~nobody_fmnist/best.pt")
+    assert user_path("runs") == Path("runs")

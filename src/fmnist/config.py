@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist.errors import UserError
+from fmnist.paths import user_path
 from fmnist.world import World, run_pid, run_started
 
 
@@ -462,7 +463,7 @@ class InspectConfig:
     @property
     def out_path(self) -> Path | None:
         """out_dir as every writer and check uses it: a leading ~ expanded, as for ckpt=, image= and dataset.root."""
-        return Path(self.out_dir).expanduser() if self.out_dir else None
+        return user_path(self.out_dir) if self.out_dir else None
 
 
 @dataclass(frozen=True)

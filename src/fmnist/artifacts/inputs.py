@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from fmnist.errors import UserError
+from fmnist.paths import user_path
 
 # The largest model fmnist ships (feedforward on CIFAR-10) with Adam's state is under 100 MB.
 MAX_CHECKPOINT_BYTES = 2 << 30
@@ -19,7 +20,7 @@ MAX_PICKLE_BYTES = 64 << 20  # the pickled structure itself (tensors live in the
 
 def existing_file(path: str | Path, what: str) -> Path:
     """`path` with ~ expanded, or why it cannot be read as a file (`what`: "image", "checkpoint")."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
     return path

@@ -32,13 +32,14 @@ from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
 from fmnist.artifacts.atomic import ensure_dir, write_atomically
 from fmnist.config import DatasetSpec
 from fmnist.errors import UserError, one_line
+from fmnist.paths import user_path
 
 log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
     """fmnist's cache: unpacked archives, and the default data root."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "fmnist"
+    return user_path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "fmnist"
 
 
 # The official files are 30 MB (a CIFAR-10 batch) and 47 MB (MNIST's training images, unpacked).
@@ -150,7 +151,7 @@ SOURCES: dict[str, Source] = {
 
 def data_root(root: str | None) -> Path:
     """dataset.root, else $FMNIST_DATA (through the config), else the user cache directory."""
-    return Path(root).expanduser() if root else cache_dir() / "data"
+    return user_path(root) if root else cache_dir() / "data"
 
 
 def open_dataset(name: str, root: str | None, download: bool, train: bool, transform: Any = None) -> VisionDataset:

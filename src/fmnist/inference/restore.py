@@ -20,6 +20,7 @@ from fmnist.config import InspectConfig, TrainConfig, lookup
 from fmnist.data.sources import data_root
 from fmnist.errors import UserError, describe, one_line
 from fmnist.models import Classifier
+from fmnist.paths import user_path
 from fmnist.runtime import resolve_device, resolve_precision
 from fmnist.train.setup import build_model, config_from_checkpoint
 
@@ -47,7 +48,7 @@ class Restored:
 
 def restore(settings: InspectConfig) -> Restored:
     """Load settings.ckpt (default: best.pt of the latest run) and rebuild its model on settings.device."""
-    path = Path(settings.ckpt).expanduser() if settings.ckpt else default_checkpoint()  # which one: it logs
+    path = user_path(settings.ckpt) if settings.ckpt else default_checkpoint()  # which one: it logs
     ckpt = load_checkpoint(path)
     overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
     cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
@@ -66,6 +67,6 @@ def _say_where_the_data_is(trained_root: Any, cfg: TrainConfig) -> None:
     """The data directory is always this run's, never the file's (a file must not choose where fmnist reads).
     Where the model was trained on another, say so: a dataset missing here is then one override away."""
     here = data_root(cfg.dataset.root)
-    if isinstance(trained_root, str) and trained_root and Path(trained_root).expanduser() != here:
+    if isinstance(trained_root, str) and trained_root and user_path(trained_root) != here:
         log.info("trained with dataset.root=%s; reading the data from %s (dataset.root=, else $FMNIST_DATA, else "
                  "the default)", describe(trained_root, 200), here)

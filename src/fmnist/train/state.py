@@ -19,6 +19,7 @@ from fmnist.artifacts.rundir import LAST
 from fmnist.config import TrainConfig, lookup
 from fmnist.data.batches import Batches
 from fmnist.errors import UserError, one_line
+from fmnist.paths import user_path
 from fmnist.train.loop import EpochStats
 from fmnist.train.setup import Training, config_from_checkpoint
 
@@ -75,7 +76,7 @@ def resume_source(setting: str | None, out_dir: Path) -> Path | None:
     if setting == "auto":
         candidate = out_dir / LAST
         return candidate if candidate.is_file() else None
-    path = Path(setting).expanduser()
+    path = user_path(setting)
     path = path / LAST if path.is_dir() else path
     if not path.is_file():
         raise UserError(f"resume={setting}: there is no checkpoint at {path}")
