@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import cli, console_script
 
-from fmnist.artifacts import atomic
+from fmnist.artifacts import atomic, inputs
 from fmnist.artifacts import checkpoint as checkpoint_module
 from fmnist.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from fmnist.errors import UserError
@@ -311,3 +311,10 @@ def test_a_typed_path_expands_home_as_a_shell_does(monkeypatch: pytest.MonkeyPat
     assert user_path("~/runs/best.pt") == tmp_path / "runs" / "best.pt"
     assert user_path("~nobody_fmnist/best.pt") == Path("~nobody_fmnist/best.pt")
     assert user_path("runs") == Path("runs")
+
+
+def test_a_named_file_that_is_not_a_file_says_what_it_is(tmp_path: Path):
+    os.mkfifo(tmp_path / "fifo")  # never opened: reading a FIFO would wait forever
+    for name, why in (("missing.pt", "does not exist"), (".", "is a directory"), ("fifo", "is not a regular file")):
+        with pytest.raises(UserError, match=f"checkpoint .* {why}$"):
+            inputs.existing_file(tmp_path / name, "checkpoint")

@@ -22,7 +22,8 @@ def existing_file(path: str | Path, what: str) -> Path:
     """`path` with ~ expanded, or why it cannot be read as a file (`what`: "image", "checkpoint")."""
     path = user_path(path)
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist")
+        why = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"{what} {path} {why}")
     return path
 
 
