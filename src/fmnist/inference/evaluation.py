@@ -16,7 +16,7 @@ from fmnist.artifacts.rundir import CONFUSION, EVAL_JSON, MISCLASSIFIED, PER_CLA
 from fmnist.config import EvalConfig
 from fmnist.data.batches import load_split, make_batches
 from fmnist.data.transforms import TTA
-from fmnist.inference.restore import restore
+from fmnist.inference.restore import restore, say_where_the_data_is
 from fmnist.runtime import show_progress
 from fmnist.train.loop import evaluate
 from fmnist.train.setup import build_loss
@@ -28,6 +28,7 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     """Evaluate, print the table, write eval.json, the figures and report.html; returns what eval.json holds."""
     r = restore(settings)
     cfg, split = r.cfg, settings.split
+    say_where_the_data_is(r)
     batches = make_batches(cfg.dataset, split, r.device, batch_size=settings.batch_size or cfg.eval_batch_size,
                            seed=cfg.seed, training=False, loader=cfg.loader, num_workers=cfg.num_workers)
     tta = settings.tta or cfg.tta

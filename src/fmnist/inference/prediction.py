@@ -16,7 +16,7 @@ from fmnist.data.batches import load_split
 from fmnist.data.transforms import Normalize
 from fmnist.errors import UserError
 from fmnist.inference.images import load_image_file
-from fmnist.inference.restore import restore
+from fmnist.inference.restore import restore, say_where_the_data_is
 from fmnist.train.loop import predict_probs
 
 
@@ -35,6 +35,7 @@ def run_predict(cfg: PredictConfig, default_out_dir: Path | None = None) -> dict
         caption = Path(cfg.image).name
         picture = f"prediction-{_safe_stem(Path(cfg.image).stem)}.png"
     else:
+        say_where_the_data_is(r)
         images, labels = load_split(ds, "test", r.cfg.seed)
         index = _pick_index(cfg.index, cfg.seed, len(labels))
         image, true = images[index], int(labels[index])

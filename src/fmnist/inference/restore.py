@@ -52,7 +52,6 @@ def restore(settings: InspectConfig) -> Restored:
     ckpt = load_checkpoint(path)
     overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
     cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
-    _say_where_the_data_is(lookup(ckpt["config"], "dataset.root"), cfg)
     device = resolve_device(settings.device)
     dtype = resolve_precision(settings.precision or cfg.precision, device)
     model = build_model(cfg)
@@ -63,10 +62,11 @@ def restore(settings: InspectConfig) -> Restored:
     return Restored(path, ckpt, cfg, model.to(device).eval(), device, dtype)
 
 
-def _say_where_the_data_is(trained_root: Any, cfg: TrainConfig) -> None:
-    """The data directory is always this run's, never the file's (a file must not choose where fmnist reads).
-    Where the model was trained on another, say so: a dataset missing here is then one override away."""
-    here = data_root(cfg.dataset.root)
+def say_where_the_data_is(r: Restored) -> None:
+    """Before reading a dataset: the data directory is always this run's, never the file's (a file must not
+    choose where fmnist reads). Where the model was trained on another, say so: a dataset missing here is
+    then one override away."""
+    trained_root, here = lookup(r.ckpt["config"], "dataset.root"), data_root(r.cfg.dataset.root)
     if isinstance(trained_root, str) and trained_root and user_path(trained_root) != here:
         log.info("trained with dataset.root=%s; reading the data from %s (dataset.root=, else $FMNIST_DATA, else "
                  "the default)", describe(trained_root, 200), here)
