@@ -88,6 +88,7 @@ def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...
     ("optimizer.lrr=0.1", "optimizer.lrr is not a config key (did you mean optimizer.lr?)"),
     ("epochs=[", "cannot parse the overrides"),
     ("hydra.run.dir=/proc/fmnist-cannot-be-here", "/proc/fmnist-cannot-be-here"),
+    ("hydra.run.dir=/etc/passwd/run", "cannot use /etc/passwd/run as a directory: a file is in the way"),
     ("resume='~nobody_fmnist/run'", "resume=~nobody_fmnist/run: there is no checkpoint at ~nobody_fmnist/run"),
 ])
 def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected: str):

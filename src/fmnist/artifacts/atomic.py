@@ -54,7 +54,7 @@ def ensure_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # the path itself, or one of its parents, is a file
-        raise _in_the_way(path) from None
+        raise in_the_way(path) from None
     except OSError as exc:
         raise UserError(f"cannot create directory {path}: {exc.strerror or exc}") from None
     return path
@@ -66,12 +66,13 @@ def check_dir_target(path: Path) -> Path:
     for existing in (path, *path.parents):
         if existing.exists():
             if not existing.is_dir():
-                raise _in_the_way(path)
+                raise in_the_way(path)
             break
     return path
 
 
-def _in_the_way(path: Path) -> UserError:
+def in_the_way(path: Path) -> UserError:
+    """The one wording for a directory that cannot be made because a file holds its place (or a parent's)."""
     return UserError(f"cannot use {path} as a directory: a file is in the way")
 
 

@@ -34,7 +34,7 @@ from hydra.errors import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmnist.artifacts.atomic import check_dir_target
+from fmnist.artifacts.atomic import check_dir_target, in_the_way
 from fmnist.artifacts.inputs import check_checkpoint_file, existing_file
 from fmnist.artifacts.rundir import latest_checkpoint
 from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
@@ -111,6 +111,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
                 if not str(exc).startswith("Only one of --run"):  # Hydra's word for conflicting flags
                     raise
                 fail(prog, str(exc))
+            except (FileExistsError, NotADirectoryError) as exc:  # Hydra's mkdir of the run directory
+                fail(prog, str(in_the_way(Path(exc.filename or "hydra.run.dir"))))
             except OSError as exc:  # e.g. a hydra.run.dir that cannot be created
                 where = f"{exc.filename}: " if exc.filename else ""
                 fail(prog, f"{where}{exc.strerror or exc}")
