@@ -142,7 +142,7 @@ def variants(device: torch.device) -> list[tuple[str, int, str]]:
     if device.type == "cuda":
         return [("none", 64, "auto"), ("none", 512, "auto"), ("torch", 512, "auto"), ("cudagraph", 64, "auto"),
                 ("cudagraph", 512, "auto")]
-    # CPU rows name their precision: auto means bf16 on a CPU with AMX or AVX-512 BF16 and fp32 elsewhere.
+    # CPU rows name their precision: auto means bf16 on a CPU with AMX or an AMD one with AVX-512 BF16, fp32 elsewhere.
     return [("none", 64, "fp32"), ("none", 512, "fp32"), ("none", 64, "bf16")]
 
 

@@ -55,6 +55,12 @@ def test_auto_device_and_precision_on_cpu(monkeypatch):
         monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda flag=flag: flag)
         assert resolve_precision("auto", torch.device("cpu")) is dtype
     assert resolve_precision("fp32", torch.device("cpu")) is torch.float32
+    # the rule behind cpu_bf16_flag, on CPUs measured in docs/benchmarks.md
+    avx512 = {"avx512f", "avx512_bf16"}
+    assert runtime.bf16_flag("GenuineIntel", avx512 | {"amx_bf16", "amx_tile"}) == "amx_bf16"
+    assert runtime.bf16_flag("AuthenticAMD", avx512) == "avx512_bf16"  # Zen 4, Zen 5
+    assert runtime.bf16_flag("GenuineIntel", avx512) is None  # AMX hidden: bf16 measured 0.65-1.02x of fp32
+    assert runtime.bf16_flag("AuthenticAMD", {"avx2", "fma"}) is None  # Zen 3: ~8x slower in bf16
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
 

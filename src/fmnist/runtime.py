@@ -49,31 +49,42 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return device
 
 
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # Linux /proc/cpuinfo flags of CPUs that multiply bf16 natively
-
-
 def cpu_bf16_flag() -> str | None:
-    """The flag by which this CPU multiplies bf16 matrices in hardware (AMX tiles, or AVX-512 BF16), if any.
+    """The flag by which this CPU multiplies bf16 matrices fast enough for autocast to pay, if any.
 
-    Only there does bf16 autocast pay on a CPU (docs/benchmarks.md): on an Intel Xeon with AMX the cnn
-    trained 1.9x faster; on an AMD EPYC with AVX-512 BF16 (Zen 4) the cnn 1.27x, the mlp 1.19x, the CIFAR-10
-    feedforward 1.48x (the bn_cnn 0.86x); on a Zen 5 the speed presets' nets 1.14-1.76x; on an AMD EPYC with
-    neither a BatchNorm-GELU net ran ~8x slower.
+    Measured (docs/benchmarks.md), the hardware flag alone does not decide it: with AMX (`amx_bf16`) an Intel
+    Xeon trained the cnn 1.9x faster; with AVX-512 BF16 but no AMX, AMD's Zen 4 trained the cnn 1.27x, the
+    mlp 1.19x, the CIFAR-10 feedforward 1.48x faster (the bn_cnn 0.86x) and a Zen 5 the speed presets' nets
+    1.14-1.76x, while an Intel Xeon with the same flag and AMX hidden by its hypervisor ran every model and
+    preset at 0.65-1.02x of fp32; on an AMD EPYC with neither a BatchNorm-GELU net ran ~8x slower. So: AMX,
+    or AVX-512 BF16 on AMD.
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            vendor, flags = "", set()
             for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split())
-                    return next((flag for flag in BF16_FLAGS if flag in flags), None)
+                if line.startswith("vendor_id"):
+                    vendor = line.partition(":")[2].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    break
     except OSError:
-        pass
+        return None
+    return bf16_flag(vendor, flags)
+
+
+def bf16_flag(vendor: str, flags: set[str]) -> str | None:
+    """cpu_bf16_flag's rule on one CPU's `vendor_id` and flags."""
+    if "amx_bf16" in flags:
+        return "amx_bf16"
+    if "avx512_bf16" in flags and vendor == "AuthenticAMD":
+        return "avx512_bf16"
     return None
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: by default bf16 where it is fast (CUDA; a CPU with AMX or AVX-512 BF16), fp32
-    elsewhere."""
+    """The autocast dtype: by default bf16 where it is fast (CUDA; a CPU with AMX, or an AMD one with AVX-512
+    BF16), fp32 elsewhere."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
