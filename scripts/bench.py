@@ -17,8 +17,9 @@ Prints markdown tables; --json writes every number too.
     python scripts/bench.py --root DATA --load --pairs mlp:fashion,cnn:fashion
 
 --load measures a shared CPU instead: each pair alone, two of it side by side (as parallel sweep jobs or
-two users' runs are), and beside two busy non-torch processes, with OpenMP's default and the passive wait
-policy that fmnist's CLIs set; each training runs in its own process.
+two users' runs are), and beside two busy non-torch processes, with OpenMP's default, the passive wait
+policy that fmnist-train sets for threads=N, and threads=auto (spinning threads that step down while other
+processes use the cores); each training runs in its own process.
 
     python scripts/bench.py --root DATA --ddp --pairs cnn:fashion --repeats 2
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,7 +49,7 @@ from fmnist.config import CONFIG_DIR, TrainConfig, train_config, usable_cores
 from fmnist.data.batches import Batches, TensorBatches, load_split, make_batches
 from fmnist.data.sources import open_dataset
 from fmnist.data.transforms import TTA, Normalize
-from fmnist.runtime import resolve_precision, synchronize
+from fmnist.runtime import configure_threads, resolve_precision, synchronize
 from fmnist.train.loop import EpochStats, evaluate, train_epochs
 from fmnist.train.setup import Training, build_loss, build_model, build_training
 from fmnist.train.step import make_step
@@ -246,17 +248,22 @@ def records(names: list[str], root: str, device: torch.device, seeds: int) -> li
 
 LOAD_CASES = (  # (label, OMP_WAIT_POLICY or None for OpenMP's default, threads per training, trainings, busy)
     ("alone, 2 threads, OpenMP default", None, 2, 1, 0),
-    ("alone, 2 threads, passive", "PASSIVE", 2, 1, 0),
+    ("alone, 2 threads, passive (threads=2)", "PASSIVE", 2, 1, 0),
+    ("alone, threads=auto (fmnist's default)", None, "auto", 1, 0),
     ("2 side by side, 2 threads each, OpenMP default", None, 2, 2, 0),
-    ("2 side by side, 2 threads each, passive", "PASSIVE", 2, 2, 0),
+    ("2 side by side, 2 threads each, passive (threads=2)", "PASSIVE", 2, 2, 0),
+    ("2 side by side, threads=auto each", None, "auto", 2, 0),
     ("2 side by side, 1 thread each (threads=auto in a parallel sweep)", "PASSIVE", 1, 2, 0),
     ("beside 2 busy processes, 2 threads, OpenMP default", None, 2, 1, 2),
-    ("beside 2 busy processes, 2 threads, passive", "PASSIVE", 2, 1, 2),
+    ("beside 2 busy processes, 2 threads, passive (threads=2)", "PASSIVE", 2, 1, 2),
+    ("beside 2 busy processes, threads=auto", None, "auto", 1, 2),
 )
 
 
-def worker(pair: str, root: str, seconds: float) -> None:
-    """Train pair on the CPU for about `seconds` after one warm-up epoch; print samples/s as JSON."""
+def worker(pair: str, root: str, seconds: float, threads: str) -> None:
+    """Train pair on the CPU for about `seconds` after one warm-up epoch, with `threads` as fmnist-train
+    sets them (auto: following the CPU's other users); print samples/s as JSON."""
+    configure_threads(threads if threads == "auto" else int(threads))
     model, dataset = pair.split(":")
     cfg = config(model, dataset, root, "cpu")
     images, labels = load_split(cfg.dataset, "train", cfg.seed)
@@ -274,18 +281,19 @@ def worker(pair: str, root: str, seconds: float) -> None:
 
 
 def load_rows(pair: str, root: str, seconds: float) -> list[dict[str, object]]:
-    """Each case's samples/s per training, and its ratio to the same training alone with the same policy."""
+    """Each case's samples/s per training, and its ratio to the same training alone with the same settings
+    and to it alone with OpenMP's default (what every run got before fmnist chose)."""
     rows: list[dict[str, object]] = []
-    alone: dict[str | None, float] = {}
+    alone: dict[tuple[str | None, int | str], float] = {}
     for label, policy, threads, trainings, busy in LOAD_CASES:
-        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-        env["OMP_NUM_THREADS"] = str(threads)
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
         if policy:
             env["OMP_WAIT_POLICY"] = policy
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
         try:
             procs = [subprocess.Popen([sys.executable, __file__, "--root", root, "--worker", pair,
-                                       "--worker-seconds", str(seconds)], env=env, stdout=subprocess.PIPE, text=True)
+                                       "--worker-seconds", str(seconds), "--worker-threads", str(threads)],
+                                      env=env, stdout=subprocess.PIPE, text=True)
                      for _ in range(trainings)]
             rates = [json.loads(p.communicate()[0])["samples_per_s"] for p in procs]
         finally:
@@ -293,9 +301,10 @@ def load_rows(pair: str, root: str, seconds: float) -> list[dict[str, object]]:
                 hog.kill()
                 hog.wait()
         if trainings == 1 and busy == 0:
-            alone[policy] = rates[0]
+            alone[policy, threads] = rates[0]
         each = median(rates)
-        rows.append({"pair": pair, "case": label, "samples_per_s": each, "ratio": each / alone[policy]})
+        rows.append({"pair": pair, "case": label, "samples_per_s": each,
+                     "ratio": each / alone.get((policy, threads), math.nan), "ratio_default": each / alone[None, 2]})
         print(f"  {pair} {label}: {each:,.0f} samples/s", file=sys.stderr)
     return rows
 
@@ -373,9 +382,10 @@ def main() -> int:
     parser.add_argument("--ddp-batch", type=int, default=256, help="global batch size of the --ddp runs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-threads", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.root, args.worker_seconds)
+        worker(args.worker, args.root, args.worker_seconds, args.worker_threads)
         return 0
     if args.ddp:
         rows = [row for pair in args.pairs.split(",")
@@ -410,8 +420,10 @@ def main() -> int:
         load = [row for pair in args.pairs.split(",") for row in load_rows(pair, args.root, args.load_seconds)]
         print(f"\nUnder load ({usable_cores()} usable cores; torch {torch.__version__}; engine b64, 8,192 images,"
               f" {args.load_seconds:.0f} s per training after a warm-up epoch)\n")
-        print_table(["model:dataset", "case", "samples/s per training:", "x the same run alone:"],
-                    [[str(r["pair"]), str(r["case"]), f"{r['samples_per_s']:,.0f}", f"{r['ratio']:.2f}"]
+        print_table(["model:dataset", "case", "samples/s per training:", "x the same run alone:",
+                     "x OpenMP default alone:"],
+                    [[str(r["pair"]), str(r["case"]), f"{r['samples_per_s']:,.0f}", f"{r['ratio']:.2f}",
+                      f"{r['ratio_default']:.2f}"]
                      for r in load])
         if args.json:
             args.json.write_text(json.dumps({"load": load}, indent=2))

@@ -21,6 +21,7 @@ ARTIFACTS = ("best.pt", "last.pt", "metrics.csv", "metrics.json", "curves.png", 
 def test_train_writes_every_artifact(trained_run: Path):
     for name in ARTIFACTS:
         assert (trained_run / name).is_file(), name
+    assert "threads=auto" in (log := (trained_run / "train.log").read_text()) and "OMP_WAIT_POLICY=default" in log
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
     assert metrics["test"]["samples"] == 100 and 0.5 < metrics["test"]["accuracy"] <= 1.0
@@ -50,8 +51,11 @@ def test_final_line_names_accuracy_and_artifacts(tmp_path: Path):
 def test_same_seed_same_metrics(tmp_path: Path):
     runs = []
     for name in ("a", "b"):
-        cli("fmnist-train", "model=bn_cnn", "dataset=mnist", "seed=3", *FAST, f"hydra.run.dir={name}", cwd=tmp_path)
+        # a fixed thread count: threads=auto's follows the CPU's other users, and CPU results its last bits
+        cli("fmnist-train", "model=bn_cnn", "dataset=mnist", "seed=3", "threads=2", *FAST, f"hydra.run.dir={name}",
+            cwd=tmp_path)
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert "OMP_WAIT_POLICY=PASSIVE)" in (tmp_path / "a" / "train.log").read_text()  # a fixed count sleeps
     strip = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for r in runs
              for row in r["history"]]
     assert strip[:2] == strip[2:]

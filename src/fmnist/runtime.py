@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fmnist.config import usable_cores
+from fmnist.cpu_share import SHARE
 from fmnist.errors import UserError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -129,8 +130,13 @@ def show_progress(setting: bool | str) -> bool:
 
 def configure_threads(setting: int | str, processes: int = 1) -> int:
     """CPU threads for this process. `auto` divides the usable cores among the `processes` that run side by
-    side (parallel sweep jobs), so that processes x threads never exceeds the cores: beyond that, OpenMP's
-    threads wait on each other and every process slows down many times over (docs/benchmarks.md)."""
+    side (parallel sweep jobs, ranks), so that processes x threads never exceeds the cores: beyond that,
+    OpenMP's threads wait on each other and every process slows down many times over (docs/benchmarks.md);
+    and then follows what other processes leave free of them (cpu_share.py)."""
     threads = max(1, usable_cores() // max(1, processes)) if setting == "auto" else int(setting)
     torch.set_num_threads(threads)
+    if setting == "auto":
+        SHARE.follow(threads)
+    else:
+        SHARE.stop()
     return threads

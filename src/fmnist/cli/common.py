@@ -77,21 +77,25 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
 
 
 def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object],
-              before_run: Callable[[], None] | None = None) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
+              before_run: Callable[[], None] | None = None,
+              sleeping_threads: Callable[[list[str]], bool] = lambda overrides: True,
+              ) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
     """Decorator: the console-script `main()` of a Hydra task function, with Hydra's errors in one line and
     a single run's config checked by `check` (config.py's validation) before the run starts; `before_run`
-    then runs before Hydra resolves the run directory (fmnist-train joins a distributed run's ranks there)."""
+    then runs before Hydra resolves the run directory (fmnist-train joins a distributed run's ranks there).
+    `sleeping_threads(overrides)`: whether OpenMP's threads should sleep instead of spin while they wait."""
 
     def wrap(task: Callable[[Any], Any]) -> Callable[[], None]:
         app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
 
         def main() -> None:
             os.environ["HYDRA_FULL_ERROR"] = "1"  # raise composition errors to us instead of printing them
-            # OpenMP threads that sleep when idle instead of spinning: several torch processes on one CPU
-            # (parallel sweep jobs, a busy laptop) otherwise starve each other. Read when torch loads.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             try:
                 args = get_args_parser().parse_args()
+                if sleeping_threads(args.overrides):
+                    # OpenMP threads that sleep when idle instead of spinning: several torch processes on one
+                    # CPU (parallel sweep jobs, a busy laptop) otherwise starve each other. Read when torch loads.
+                    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
                 if args.help and not (args.config_path or args.config_name or args.config_dir):
                     print(_app_help(config_name, args.overrides, args.resolve))
                     return

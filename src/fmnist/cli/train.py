@@ -52,7 +52,15 @@ def quiet_follower() -> None:
     log.setLevel(logging.WARNING)
 
 
-@hydra_app("fmnist-train", "train", check=checked, before_run=join_world)
+def sleeping_threads(overrides: list[str]) -> bool:
+    """OpenMP's threads sleep while they wait only where the thread count is fixed (`threads=N`): with
+    threads=auto (the default; no preset sets it) they spin, which is fastest alone, and the run steps down to
+    the cores other processes leave free, where nothing spins (cpu_share.py)."""
+    values = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == "threads"]
+    return bool(values) and values[-1] != "auto"
+
+
+@hydra_app("fmnist-train", "train", check=checked, before_run=join_world, sleeping_threads=sleeping_threads)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
     from fmnist.artifacts.sweep import leave_ctrl_c_to_the_sweep, parallel_jobs, run_job, stop_file
@@ -64,6 +72,7 @@ def main(cfg: DictConfig) -> float:
         leave_ctrl_c_to_the_sweep()  # first: importing torch takes seconds
 
     from fmnist.artifacts.tracking import Launch
+    from fmnist.cpu_share import SHARE
     from fmnist.runtime import configure_threads
     from fmnist.train.run import run_training
 
@@ -85,9 +94,10 @@ def main(cfg: DictConfig) -> float:
             settings = dataclasses.replace(settings, progress=False)  # plain progress lines every ~30 s instead
         side_by_side = jobs * world.local_size  # sweep jobs, or this machine's ranks
         threads = configure_threads(settings.threads, side_by_side)
-        log.info("cpu threads %d (threads=%s, %d usable cores, %d process%s side by side, OMP_WAIT_POLICY=%s)",
+        log.info("cpu threads %d (threads=%s, %d usable cores, %d process%s side by side, OMP_WAIT_POLICY=%s%s)",
                  threads, settings.threads, usable_cores(), side_by_side, "es" if side_by_side > 1 else "",
-                 os.environ.get("OMP_WAIT_POLICY"))
+                 os.environ.get("OMP_WAIT_POLICY", "default"),
+                 ", fewer while other processes use the cores" if SHARE.most else "")
         if world.launched:
             log.info("distributed: %d processes, global batch %d = %d per process", world.size,
                      settings.batch_size, settings.batch_size // world.size)

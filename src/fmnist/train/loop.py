@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fmnist.cpu_share import SHARE
 from fmnist.data.batches import Batches
 from fmnist.data.transforms import TTA
 from fmnist.runtime import autocast, synchronize
@@ -126,6 +127,7 @@ def train_one_epoch(runner: StepRunner, batches: Batches, *, epoch: int, start: 
     for item in bar:
         step += 1
         seen += runner(item)
+        SHARE.check()
         if not progress and time.perf_counter() >= next_line:
             _log_progress(desc, step - start.steps, step, len(batches), seen - own.samples, clock)
             next_line = time.perf_counter() + LOG_EVERY
@@ -214,6 +216,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         out = _forward(model, x, device, dtype, tta)
+        SHARE.check()
         loss_sum += loss_fn(out, y) * len(y)
         confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes * num_classes)
         if keep_probs:

@@ -1,0 +1,98 @@
+"""Threads that follow the CPU's other users (`threads=auto`).
+
+OpenMP threads that spin while they wait are the fastest way to run a small model on an otherwise idle CPU,
+and the slowest on a shared one: once processes x threads exceed the cores, each spinning thread burns the
+core its teammate needs (0.08-0.3x, docs/benchmarks.md). Sleeping threads (OMP_WAIT_POLICY=PASSIVE) never
+collapse, but on a virtual machine every wake-up of an idle core is expensive (the mlp alone at 0.25-0.76x).
+So a run with `threads=auto` keeps OpenMP's default and watches instead: every LOOK_EVERY seconds it reads
+how much of its cores other processes used, and steps down to the cores they leave free (at least one
+thread, where nothing spins), or back up when they are free again. With one thread a run never spins.
+
+The cost: CPU results depend on the thread count in the last bits, so a run whose thread count changed is
+not bit-for-bit the run it would have been alone. `threads=N` fixes the count (with sleeping threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import torch
+
+LOOK_EVERY = 0.5  # seconds between looks at the CPU (two small file reads)
+SLACK = 0.35  # cores other processes may use (daemons, a terminal, bursts of the kernel) before a run gives one up
+QUIET = 30.0  # seconds after a logged change during which further changes are logged at debug level only
+
+log = logging.getLogger("fmnist")
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def busy_seconds(cpus: set[int]) -> float | None:
+    """CPU seconds that `cpus` have spent busy since boot (user, nice, system, irq, softirq; a guest's time is
+    inside user), from /proc/stat; None where there is no such file."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in rest.split()[:7])
+            ticks += user + nice + system + irq + softirq
+    return ticks / _TICK
+
+
+def threads_left(cores: int, others: float, most: int) -> int:
+    """Threads that fit beside `others` cores of other processes' work: the rest of the cores, at least one,
+    at most `most`. Up to SLACK of a core of others is ignored."""
+    return max(1, min(most, cores - math.ceil(others - SLACK)))
+
+
+class CpuShare:
+    """The thread count of a `threads=auto` run, adjusted to what other processes leave free of its cores."""
+
+    def __init__(self) -> None:
+        self.most = 0  # 0: not watching
+        self.cpus: set[int] = set()
+        self._next = math.inf
+        self._busy = self._own = self._when = 0.0
+        self._logged = -math.inf
+
+    def follow(self, most: int) -> None:
+        """Watch the CPU from now on, with `most` threads while it is free."""
+        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        busy = busy_seconds(self.cpus)
+        if most < 2 or busy is None:  # nothing to step down from, or nothing to read
+            self.stop()
+            return
+        self.most = most
+        self._busy, self._own, self._when = busy, time.process_time(), time.monotonic()
+        self._next = self._when + LOOK_EVERY
+
+    def stop(self) -> None:
+        self.most, self._next = 0, math.inf
+
+    def check(self) -> None:
+        """Called between batches: a clock read, and every LOOK_EVERY seconds a look at the CPU."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        busy, own = busy_seconds(self.cpus), time.process_time()
+        if busy is None:
+            self.stop()
+            return
+        others = max(0.0, (busy - self._busy) - (own - self._own)) / max(now - self._when, 1e-3)
+        self._busy, self._own, self._when, self._next = busy, own, now, now + LOOK_EVERY
+        threads, was = threads_left(len(self.cpus), others, self.most), torch.get_num_threads()
+        if threads != was:
+            torch.set_num_threads(threads)
+            level, self._logged = (logging.INFO, now) if now - self._logged >= QUIET else (logging.DEBUG, self._logged)
+            log.log(level, "cpu threads %d -> %d: other processes use %.1f of %d cores", was, threads, others,
+                     len(self.cpus))
+
+
+SHARE = CpuShare()  # the process's one thread count, like torch's own

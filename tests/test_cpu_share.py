@@ -1,0 +1,83 @@
+"""threads=auto follows the CPU's other users: fewer threads while they use the cores, all of them again after."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fmnist import cpu_share
+from fmnist.cpu_share import CpuShare, busy_seconds, threads_left
+
+
+def test_threads_left_gives_up_a_core_for_each_core_others_use():
+    assert threads_left(2, 0.0, 2) == 2
+    assert threads_left(2, 0.3, 2) == 2  # a daemon, a terminal, the kernel's bursts: ignored
+    assert threads_left(2, 0.5, 2) == 1  # any real neighbour: nothing may spin on its core
+    assert threads_left(2, 3.0, 2) == 1  # never fewer than one
+    assert threads_left(8, 2.5, 8) == 5
+    assert threads_left(8, 0.0, 4) == 4  # never more than the run's share (sweep jobs, ranks)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc/stat")
+def test_busy_seconds_counts_only_the_cores_asked_for():
+    cpus = os.sched_getaffinity(0)
+    everything = busy_seconds(cpus)
+    assert everything is not None and everything > 0
+    assert busy_seconds(set()) == 0
+    assert busy_seconds(cpus) >= everything
+
+
+def test_steps_down_while_others_use_the_cores_and_back_up_after(monkeypatch):
+    """A fake clock and /proc/stat: another process takes a whole core, then leaves."""
+    clock = {"now": 100.0, "busy": 1000.0, "own": 10.0}
+    monkeypatch.setattr(cpu_share.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(cpu_share.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(cpu_share, "busy_seconds", lambda cpus: clock["busy"])
+    monkeypatch.setattr(cpu_share.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    threads = torch.get_num_threads()
+    share = CpuShare()
+    try:
+        torch.set_num_threads(2)
+        share.follow(2)
+
+        def spend(seconds: float, own_cores: float, other_cores: float) -> None:
+            clock["now"] += seconds
+            clock["own"] += seconds * own_cores
+            clock["busy"] += seconds * (own_cores + other_cores)
+            share.check()
+
+        spend(0.1, 2.0, 0.0)  # before LOOK_EVERY: no look
+        spend(0.5, 2.0, 0.0)
+        assert torch.get_num_threads() == 2  # alone: every core
+        spend(0.5, 1.0, 1.0)
+        assert torch.get_num_threads() == 1  # a neighbour took a core
+        spend(0.5, 1.0, 1.0)
+        assert torch.get_num_threads() == 1  # and keeps it
+        spend(0.5, 1.0, 0.05)
+        assert torch.get_num_threads() == 2  # gone again
+        share.stop()
+        spend(0.5, 1.0, 1.0)
+        assert torch.get_num_threads() == 2  # stopped: a fixed count is left alone
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_nothing_to_follow_with_one_thread_or_no_proc_stat(monkeypatch):
+    share = CpuShare()
+    share.follow(1)
+    assert share.most == 0
+    monkeypatch.setattr(cpu_share, "busy_seconds", lambda cpus: None)
+    share.follow(2)
+    assert share.most == 0
+
+
+def test_only_a_fixed_thread_count_makes_openmp_sleep():
+    """OMP_WAIT_POLICY is read when torch loads, so fmnist-train decides it from the overrides as typed."""
+    from fmnist.cli.train import sleeping_threads
+
+    assert not sleeping_threads([]) and not sleeping_threads(["model=mlp", "threads=auto"])
+    assert sleeping_threads(["threads=2"]) and sleeping_threads(["++threads=1"])
+    assert not sleeping_threads(["threads=2", "threads=auto"])  # the last one counts, as in Hydra
+    assert sleeping_threads(["threads=1,2"])  # a sweep over fixed counts
