@@ -60,6 +60,13 @@ def test_steps_down_while_others_use_the_cores_and_back_up_after(monkeypatch):
         share.stop()
         spend(0.5, 1.0, 1.0)
         assert torch.get_num_threads() == 2  # stopped: a fixed count is left alone
+
+        torch.set_num_threads(1)  # a parallel sweep's job: its share is one core, all of them once it is alone
+        share.follow(2)
+        spend(0.5, 1.0, 1.0)
+        assert torch.get_num_threads() == 1  # the other job still runs
+        spend(0.5, 1.0, 0.0)
+        assert torch.get_num_threads() == 2  # it has ended
     finally:
         torch.set_num_threads(threads)
 

@@ -101,8 +101,8 @@ def test_parallel_jobs_never_ask_for_more_threads_than_cores(tmp_path: Path):
     rows = summary(tmp_path / "sweep")
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
     cores = len(os.sched_getaffinity(0))
-    threads = max(1, cores // 2)  # one on 2 cores: nothing spins; more: fewer while the CPU is shared
-    following = ", fewer while other processes use the cores" if threads > 1 else ""
+    threads = max(1, cores // 2)  # one each on 2 cores: nothing spins; all of them once the other job ends
+    following = f", up to {cores} while other processes leave cores free" if cores > 1 else ""
     assert f"cpu threads {threads} (threads=auto, {cores} usable cores, 2 processes side by side, " \
            f"OMP_WAIT_POLICY=default{following})" in (tmp_path / "sweep" / "0" / "train.log").read_text()
 

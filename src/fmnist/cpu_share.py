@@ -6,7 +6,8 @@ core its teammate needs (0.08-0.3x, docs/benchmarks.md). Sleeping threads (OMP_W
 collapse, but on a virtual machine every wake-up of an idle core is expensive (the mlp alone at 0.25-0.76x).
 So a run with `threads=auto` keeps OpenMP's default and watches instead: every LOOK_EVERY seconds it reads
 how much of its cores other processes used, and steps down to the cores they leave free (at least one
-thread, where nothing spins), or back up when they are free again. With one thread a run never spins.
+thread, where nothing spins), or up when they are free again: back to its share of the cores, or for a
+parallel sweep's job to all of them once the other jobs have ended. With one thread a run never spins.
 
 The cost: CPU results depend on the thread count in the last bits, so a run whose thread count changed is
 not bit-for-bit the run it would have been alone. `threads=N` fixes the count (with sleeping threads).
@@ -63,7 +64,7 @@ class CpuShare:
         self._logged = -math.inf
 
     def follow(self, most: int) -> None:
-        """Watch the CPU from now on, with `most` threads while it is free."""
+        """Watch the CPU from now on, with up to `most` threads while it is free (from torch's current count)."""
         self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
         busy = busy_seconds(self.cpus)
         if most < 2 or busy is None:  # nothing to step down from, or nothing to read

@@ -128,15 +128,18 @@ def show_progress(setting: bool | str) -> bool:
     return bool(setting)
 
 
-def configure_threads(setting: int | str, processes: int = 1) -> int:
+def configure_threads(setting: int | str, processes: int = 1, lockstep: bool = False) -> int:
     """CPU threads for this process. `auto` divides the usable cores among the `processes` that run side by
     side (parallel sweep jobs, ranks), so that processes x threads never exceeds the cores: beyond that,
     OpenMP's threads wait on each other and every process slows down many times over (docs/benchmarks.md);
-    and then follows what other processes leave free of them (cpu_share.py)."""
-    threads = max(1, usable_cores() // max(1, processes)) if setting == "auto" else int(setting)
+    and then follows what other processes leave free of them (cpu_share.py): up to every usable core, as a
+    sweep job whose neighbours have ended does, or only up to its share for processes in `lockstep` (the
+    ranks of one run, which wait for each other at every step)."""
+    cores = usable_cores()
+    threads = max(1, cores // max(1, processes)) if setting == "auto" else int(setting)
     torch.set_num_threads(threads)
     if setting == "auto":
-        SHARE.follow(threads)
+        SHARE.follow(threads if lockstep else cores)
     else:
         SHARE.stop()
     return threads
