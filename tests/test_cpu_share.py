@@ -35,7 +35,7 @@ def test_steps_down_while_others_use_the_cores_and_back_up_after(monkeypatch):
     monkeypatch.setattr(cpu_share.time, "monotonic", lambda: clock["now"])
     monkeypatch.setattr(cpu_share.time, "process_time", lambda: clock["own"])
     monkeypatch.setattr(cpu_share, "busy_seconds", lambda cpus: clock["busy"])
-    monkeypatch.setattr(cpu_share.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: {0, 1})
     threads = torch.get_num_threads()
     share = CpuShare()
     try:

@@ -36,12 +36,17 @@ def config_dir() -> Path:
 
 CONFIG_DIR = str(config_dir())
 
-def usable_cores() -> int:
+def usable_cpus() -> set[int]:
     """The cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on (usable_cpus)."""
+    return len(usable_cpus())
 
 
 def sweep_jobs(threads: int | str, device: str = "cpu") -> int:

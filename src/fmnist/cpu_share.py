@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from fmnist.config import usable_cpus
+
 LOOK_EVERY = 0.5  # seconds between looks at the CPU (two small file reads)
 SLACK = 0.35  # cores other processes may use (daemons, a terminal, bursts of the kernel) before a run gives one up
 QUIET = 30.0  # seconds after a logged change during which further changes are logged at debug level only
@@ -65,7 +67,7 @@ class CpuShare:
 
     def follow(self, most: int) -> None:
         """Watch the CPU from now on, with up to `most` threads while it is free (from torch's current count)."""
-        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.cpus = usable_cpus()
         busy = busy_seconds(self.cpus)
         if most < 2 or busy is None:  # nothing to step down from, or nothing to read
             self.stop()
