@@ -263,6 +263,9 @@ def _log_start(cfg: TrainConfig, choices: dict[str, str], state: TrainState, res
              choices.get("optimizer", "?"), cfg.optimizer["lr"], device, str(dtype).removeprefix("torch."),
              cfg.loader)
     log.info("run directory: %s", run.path)
+    if cfg.batch_size > n_train:  # legal, and what a DataLoader does, but rarely what was meant
+        log.warning("batch_size=%d is more than the %d training images: every epoch is one step of %d", cfg.batch_size,
+                    n_train, n_train)
 
 
 def _log_epoch(cfg: TrainConfig, row: dict[str, Any], improved: bool) -> None:
