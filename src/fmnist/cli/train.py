@@ -94,8 +94,11 @@ def main(cfg: DictConfig) -> float:
             settings = dataclasses.replace(settings, progress=False)  # plain progress lines every ~30 s instead
         side_by_side = jobs * world.local_size  # sweep jobs, or this machine's ranks
         threads = configure_threads(settings.threads, side_by_side, lockstep=world.local_size > 1)
-        following = "" if not SHARE.most else f", up to {SHARE.most} while other processes leave cores free" \
-            if SHARE.most > threads else ", fewer while other processes use the cores"
+        following = ""  # not following the CPU: a fixed count, one core, or no /proc/stat to read
+        if SHARE.most > threads:
+            following = f", up to {SHARE.most} while other processes leave cores free"
+        elif SHARE.most:
+            following = ", fewer while other processes use the cores"
         log.info("cpu threads %d (threads=%s, %d usable cores, %d process%s side by side, OMP_WAIT_POLICY=%s%s)",
                  threads, settings.threads, usable_cores(), side_by_side, "es" if side_by_side > 1 else "",
                  os.environ.get("OMP_WAIT_POLICY", "default"), following)
