@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_cli
 import numpy as np
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -90,10 +91,14 @@ def console_script(tool: str) -> str:
 
 
 def cli(tool: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run an fmnist console script the way a user would, from `cwd`."""
-    exe = console_script(tool)
+    """Run an fmnist console script the way a user would, from `cwd` (forked from a process that has imported
+    torch already unless FMNIST_TEST_FORK=0: forked_cli.py says what that does and does not change)."""
+    argv = [console_script(tool), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if forked_cli.enabled():
+        proc = forked_cli.run(argv, cwd=cwd, env=env, timeout=300)
+    else:
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
