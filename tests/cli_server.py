@@ -85,8 +85,10 @@ def run_script(path: str) -> int:
 
 
 def leave(status: int) -> None:
-    """Python's exit without its module teardown: that alone takes 1.5 s in a process holding torch, and does
-    nothing a test can see. Threads are wound up and waited for, atexit runs, the streams are flushed."""
+    """Python's exit without its module teardown, which alone takes 1.5 s in a process holding torch. Threads
+    are wound up and waited for, atexit runs (logging's handlers, weakref finalizers), the standard streams are
+    flushed; objects left to the teardown are not finalised, so a file left open would lose its buffered tail
+    (the CLI writes each file whole and closes it)."""
     threading._shutdown()  # what the interpreter calls first: the exit hooks of executors, then the joins
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
