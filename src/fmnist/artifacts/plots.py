@@ -134,18 +134,18 @@ def plot_mistakes(mistakes: Mistakes, class_names: list[str], path: Path) -> Pat
     _, channels, height, width = mistakes.images.shape
     gap, band = max(1, width // 10), height // 3  # between tiles; above each tile, for its two-line caption
     cell_w, cell_h = width + gap, height + band
-    sheet = np.full((grid_rows * cell_h, cols * cell_w, channels), 255, dtype=np.uint8)
+    sheet = torch.full((channels, grid_rows * cell_h, cols * cell_w), 255, dtype=torch.uint8)
     fig_w = 2.1 * cols
-    fig, ax = plt.subplots(figsize=(fig_w, fig_w * sheet.shape[0] / sheet.shape[1] + 0.5))
+    fig, ax = plt.subplots(figsize=(fig_w, fig_w * sheet.shape[1] / sheet.shape[2] + 0.5))
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.5 / fig.get_figheight())  # the title above
     for k, (image, t, p, c) in enumerate(zip(mistakes.images, mistakes.true, mistakes.predicted,
                                              mistakes.confidence, strict=True)):
         top, left = (k // cols) * cell_h + band, (k % cols) * cell_w + gap // 2
-        sheet[top:top + height, left:left + width] = image.detach().cpu().numpy().transpose(1, 2, 0)
+        sheet[:, top:top + height, left:left + width] = image.detach().cpu()
         ax.text(left + width / 2, top - 1, f"true: {class_names[t]}\npred: {class_names[p]} ({c:.0%})",
                 ha="center", va="bottom", fontsize=8, color=BAD)
-    ax.imshow(sheet[..., 0] if channels == 1 else sheet, cmap="gray" if channels == 1 else None, vmin=0, vmax=255,
-              interpolation="nearest")
+    array, cmap = _as_display(sheet)
+    ax.imshow(array, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
     if n == 0:
         ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center", transform=ax.transAxes)
