@@ -87,6 +87,23 @@ def test_a_multirun_sizes_its_jobs_to_the_cpu_cores_and_runs_gpu_jobs_one_at_a_t
     assert launched("device=cpu", "hparams_search=optuna") == (cores, cores)
 
 
+def test_a_sweep_asks_torch_for_a_gpu_only_where_a_gpu_driver_is_present(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """On Linux a GPU's driver leaves a device file; without one the launcher is sized without importing torch,
+    with one (or off Linux) torch is asked, as device=auto will be."""
+    from fmnist import config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what torch would say: a GPU
+    monkeypatch.setattr(config.sys, "platform", "linux")
+    monkeypatch.setattr(config, "GPU_DEVICE_FILES", (str(tmp_path / "nvidiactl"),))
+    assert not config._has_accelerator() and config.sweep_jobs("auto", "auto") >= 1
+    (tmp_path / "nvidiactl").touch()
+    assert config._has_accelerator() and config.sweep_jobs("auto", "auto") == 1
+    (tmp_path / "nvidiactl").unlink()
+    monkeypatch.setattr(config.sys, "platform", "darwin")
+    assert config._has_accelerator()
+
+
 def test_cudagraph_rules():
     with pytest.raises(UserError, match="fixed learning rate"):
         validate(compose("compile=cudagraph", "scheduler=cosine"))

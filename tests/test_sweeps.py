@@ -107,6 +107,23 @@ def test_parallel_jobs_never_ask_for_more_threads_than_cores(tmp_path: Path):
            f"OMP_WAIT_POLICY=default{following})" in (tmp_path / "sweep" / "0" / "train.log").read_text()
 
 
+def test_the_process_that_launches_parallel_jobs_never_imports_torch(tmp_path: Path):
+    """Sizing the launcher and drawing the summary's chart: torch's import (2-3 s) would be paid again beside
+    the jobs' own, in every parallel sweep."""
+    from fmnist.config import GPU_DEVICE_FILES
+    if sys.platform != "linux" or any(os.path.exists(p) for p in GPU_DEVICE_FILES):
+        pytest.skip("a GPU driver is here: torch is asked whether it sees the GPU")
+    row = {"job": "0", "status": "completed", "swept": "optimizer.lr=0.001", "params": {"optimizer.lr": "0.001"},
+           "best_val_acc": 0.5, "history": [{"epoch": 1, "val_acc": 0.5}]}
+    script = ("import sys\nfrom pathlib import Path\nfrom fmnist.config import sweep_jobs\n"
+              "from fmnist.artifacts.plots import plot_sweep\n"
+              f"jobs = sweep_jobs('auto', 'auto')\nplot_sweep([{row!r}], 'optimizer.lr', Path('sweep.png'))\n"
+              "print('JOBS', jobs, 'HEAVY', sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert f"JOBS {len(os.sched_getaffinity(0))} HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+    assert_real_png(tmp_path / "sweep.png")
+
+
 def test_a_multirun_runs_its_jobs_side_by_side_fitted_to_the_cores(tmp_path: Path):
     cli("fmnist-train", "--multirun", "threads=1", "model=mlp", "optimizer.lr=1e-3,2e-3",
         "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
