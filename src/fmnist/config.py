@@ -65,11 +65,16 @@ def sweep_jobs(threads: int | str, device: str = "cpu") -> int:
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 
 
+def no_gpu_driver() -> bool:
+    """Linux without a GPU device file: no GPU, known without importing torch (2.6-3 s on a 2-core VM)."""
+    return sys.platform == "linux" and not any(os.path.exists(path) for path in GPU_DEVICE_FILES)
+
+
 def _has_accelerator() -> bool:
     """What device=auto finds besides the CPU (runtime.resolve_device). Asked only when a --multirun sizes
-    its launcher; on Linux without a GPU device file the answer is no, without importing torch (2.6-3 s on
-    a 2-core VM, in a process that trains nothing when the jobs run in workers)."""
-    if sys.platform == "linux" and not any(os.path.exists(path) for path in GPU_DEVICE_FILES):
+    its launcher, in a process that trains nothing when the jobs run in workers: torch is imported only
+    where a GPU driver is present (or off Linux)."""
+    if no_gpu_driver():
         return False
     import torch
 
