@@ -11,7 +11,6 @@ test_forked_cli.py compares those endings with a fresh process's.
 
 from __future__ import annotations
 
-import atexit
 import gc
 import importlib
 import json
@@ -20,9 +19,10 @@ import pkgutil
 import runpy
 import signal
 import sys
-import threading
 import traceback
 from typing import Any
+
+from fmnist.cli.common import exit_without_teardown
 
 
 def preload() -> None:
@@ -84,24 +84,10 @@ def run_script(path: str) -> int:
     return 0
 
 
-def leave(status: int) -> None:
-    """Python's exit without its module teardown, which alone takes 1.5 s in a process holding torch. Threads
-    are wound up and waited for, atexit runs (logging's handlers, weakref finalizers), the standard streams are
-    flushed; objects left to the teardown are not finalised, so a file left open would lose its buffered tail
-    (the CLI writes each file whole and closes it)."""
-    threading._shutdown()  # what the interpreter calls first: the exit hooks of executors, then the joins
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    if status < 0:
-        signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    os._exit(status)
-
-
 if __name__ == "__main__":
     preload()
+
     gc.freeze()  # the imported objects stay out of every later collection: forked children copy fewer pages
     job = serve()
     become(job)
-    leave(run_script(job["argv"][0]))
+    exit_without_teardown(run_script(job["argv"][0]))
