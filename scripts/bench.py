@@ -25,14 +25,23 @@ processes use the cores); each training runs in its own process.
 
 --ddp puts the cost of DistributedDataParallel on one CPU on record: fmnist-train under torchrun with 2
 processes x 1 thread against 1 process x 2 threads, the same global batch.
+
+    python scripts/bench.py --root DATA --sweep --repeats 5
+
+--sweep times a whole `fmnist-train --multirun` (default: mlp and cnn x two learning rates, 1 epoch, Fashion-MNIST)
+with its jobs side by side, as fmnist runs a sweep on a CPU, against the same sweep one job at a time, in
+alternating rounds; the ratio is per round, and the table gives its median and range (a noisy host moves one
+round's ratio by a tenth either way).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -49,13 +58,27 @@ from fmnist.config import CONFIG_DIR, TrainConfig, train_config, usable_cores
 from fmnist.data.batches import Batches, TensorBatches, load_split, make_batches
 from fmnist.data.sources import open_dataset
 from fmnist.data.transforms import TTA, Normalize
-from fmnist.runtime import configure_threads, resolve_precision, synchronize
+from fmnist.runtime import configure_threads, cpu_bf16_flag, resolve_precision, synchronize
 from fmnist.train.loop import EpochStats, evaluate, train_epochs
 from fmnist.train.setup import Training, build_loss, build_model, build_training
 from fmnist.train.step import make_step
 
 PAIRS = ("cnn:fashion", "mlp:fashion", "bn_cnn:mnist", "feedforward:cifar10")
 TARGETS = {"cnn:fashion": 0.91, "bn_cnn:mnist": 0.97, "mlp:fashion": 0.86}
+
+
+def machine() -> str:
+    """The CPU by name (lscpu's model name) and its bf16 support, the usable cores and torch: figures from
+    different machines differ by more than any change measured here, so every table says where it ran."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    flag = cpu_bf16_flag()
+    return (f"{name}{f' with {flag}' if flag else ', no fast bf16'}, {usable_cores()} usable cores; "
+            f"torch {torch.__version__}")
 
 
 def settings(root: str, device: str, *overrides: str) -> TrainConfig:
@@ -348,6 +371,47 @@ def ddp_rows(pair: str, root: str, rounds: int, epochs: int, batch_size: int) ->
             for label, rates in runs.items()]
 
 
+# ---- --sweep: a parallel --multirun against the same sweep one job at a time ---------------------------------
+
+SWEEP = "model=mlp,cnn optimizer.lr=1e-3,3e-3 epochs=1 dataset=fashion"  # issue #12's 4-job sweep
+SWEEP_CASES = (("one at a time", ("hydra/launcher=basic",)), ("side by side", ()))
+
+
+def sweep_run(overrides: list[str], root: str, out: Path) -> tuple[float, dict[str, float]]:
+    """One fmnist-train --multirun through the CLI: the whole command's wall seconds (start-up, every job, the
+    summary) and each job's own seconds from its sweep summary, by its swept overrides."""
+    command = [str(Path(sys.executable).with_name("fmnist-train")), "--multirun", *overrides,
+               f"dataset.root={root}", "progress=false", f"hydra.sweep.dir={out}"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench.py: the sweep failed (exit {proc.returncode}): {' '.join(command)}\n"
+                         f"{proc.stderr[-2000:]}")
+    with open(out / "sweep_summary.csv", newline="") as f:
+        jobs = {row["swept"]: float(row["seconds"]) for row in csv.DictReader(f)}
+    return wall, jobs
+
+
+def sweep_rows(sweep: str, root: str, rounds: int) -> list[dict[str, object]]:
+    """Both cases in each round, which one goes first alternating, so a drift in the host's speed falls on
+    both alike; the ratio is taken within each round."""
+    import tempfile
+
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            order = SWEEP_CASES if round_ % 2 == 0 else SWEEP_CASES[::-1]
+            row: dict[str, object] = {"round": round_ + 1, "first": order[0][0]}
+            for label, launcher in order:
+                wall, jobs = sweep_run([*sweep.split(), *launcher], root, Path(tmp) / f"{round_}-{len(launcher)}")
+                row[label] = {"wall_s": wall, "jobs_s": jobs}
+                print(f"  round {round_ + 1} {label}: {wall:.1f} s", file=sys.stderr)
+            row["ratio"] = row["side by side"]["wall_s"] / row["one at a time"]["wall_s"]  # type: ignore[index]
+            rows.append(row)
+    return rows
+
+
 def print_table(columns: list[str], rows: list[list[str]]) -> None:
     """A markdown table; a column whose name ends in ':' is right-aligned (numbers)."""
     print("| " + " | ".join(c.rstrip(":") for c in columns) + " |")
@@ -380,6 +444,10 @@ def main() -> int:
                              "process x 2 threads, same global batch, --repeats interleaved rounds")
     parser.add_argument("--ddp-epochs", type=int, default=2, help="epochs per --ddp run (the first is warm-up)")
     parser.add_argument("--ddp-batch", type=int, default=256, help="global batch size of the --ddp runs")
+    parser.add_argument("--sweep", nargs="?", const=SWEEP,
+                        help="only a --multirun's wall clock, its jobs side by side (the default launcher) against "
+                             f"one at a time (hydra/launcher=basic), in --repeats alternating rounds; the overrides "
+                             f"default to the 4-job sweep '{SWEEP}'")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker-threads", default="auto", help=argparse.SUPPRESS)
@@ -387,10 +455,27 @@ def main() -> int:
     if args.worker:
         worker(args.worker, args.root, args.worker_seconds, args.worker_threads)
         return 0
+    if args.sweep:
+        rows = sweep_rows(args.sweep, args.root, args.repeats)
+        ratios = [float(r["ratio"]) for r in rows]  # type: ignore[arg-type]
+        print(f"\nfmnist-train --multirun {args.sweep} ({machine()}; whole command's wall clock, start-up and "
+              f"summary included; the cases alternate which goes first)\n")
+        print_table(["round", "first", "one at a time s:", "side by side s:", "ratio:"],
+                    [[str(r["round"]), str(r["first"]), *(f"{r[label]['wall_s']:.1f}" for label, _ in SWEEP_CASES),
+                      f"{r['ratio']:.2f}"] for r in rows])
+        print(f"\nSide by side / one at a time: median {median(ratios):.2f} of {len(ratios)} rounds "
+              f"(lowest {min(ratios):.2f}, highest {max(ratios):.2f}).\n")
+        jobs = list(rows[0]["one at a time"]["jobs_s"])  # type: ignore[index]
+        print_table(["job (its own seconds, median of the rounds)", *(f"{label}:" for label, _ in SWEEP_CASES)],
+                    [[job, *(f"{median(r[label]['jobs_s'][job] for r in rows):.1f}" for label, _ in SWEEP_CASES)]
+                     for job in jobs])
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "sweep": args.sweep, "rounds": rows}, indent=2))
+        return 0
     if args.ddp:
         rows = [row for pair in args.pairs.split(",")
                 for row in ddp_rows(pair, args.root, args.repeats, args.ddp_epochs, args.ddp_batch)]
-        print(f"\nDDP on this CPU ({usable_cores()} usable cores; torch {torch.__version__}; fmnist-train through the "
+        print(f"\nDDP on this CPU ({machine()}; fmnist-train through the "
               f"CLI; samples/s of the epochs after the first, all ranks together; medians of {args.repeats} rounds)\n")
         print_table(["model:dataset", "global batch:", "case", "samples/s:", "x one process:"],
                     [[str(r["pair"]), str(r["batch_size"]), str(r["case"]), f"{r['samples_per_s']:,.0f}",
@@ -407,7 +492,7 @@ def main() -> int:
         if reference is not None:  # now, not only in the table: a long run stopped early keeps it
             print(f"  tutorial cnn (fp32) to 91%: {reference}", file=sys.stderr)
         rows = records(names, args.root, device, args.seeds)
-        print(f"\nSpeed presets ({device}; torch {torch.__version__}; {torch.get_num_threads()} threads; training "
+        print(f"\nSpeed presets ({device}; {machine()}; {torch.get_num_threads()} threads; training "
               f"seconds, evaluation excluded; test accuracy with the preset's TTA)\n")
         if reference is not None:
             print(f"Reference: the tutorial cnn (fp32) reaches 91% on Fashion-MNIST in {reference[0]:.1f} s "
@@ -420,7 +505,7 @@ def main() -> int:
         return 0
     if args.load:
         load = [row for pair in args.pairs.split(",") for row in load_rows(pair, args.root, args.load_seconds)]
-        print(f"\nUnder load ({usable_cores()} usable cores; torch {torch.__version__}; engine b64, 8,192 images,"
+        print(f"\nUnder load ({machine()}; engine b64, 8,192 images,"
               f" {args.load_seconds:.0f} s per training after a warm-up epoch)\n")
         print_table(["model:dataset", "case", "samples/s per training:", "x the same run alone:",
                      "x OpenMP default alone:"],
@@ -456,7 +541,7 @@ def main() -> int:
     same = accuracy_check(args.root, torch.device(devices[-1]), args.accuracy_epochs) if args.accuracy_epochs else []
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\nThroughput ({name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads)\n")
+    print(f"\nThroughput ({name}; {machine()}; {torch.get_num_threads()} CPU threads)\n")
     print(f"Medians of {args.repeats} interleaved rounds; 'x tutorial' is the median of each round's ratio, "
           "with the lowest and highest round in brackets.\n")
     print("| device | model:dataset | loop | samples/s | s/epoch (train split) | x tutorial | warm-up s | peak MiB |")
