@@ -59,6 +59,21 @@ def test_missing_dataset_names_the_files_and_where(tmp_path: Path):
     assert "\n" not in message
 
 
+def test_the_layout_known_without_torch_is_torchvisions():
+    """layout.py answers "where are the files" before torch loads; torchvision's classes read them."""
+    from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
+
+    from fmnist.data.layout import LAYOUTS
+
+    for name, cls in (("mnist", MNIST), ("fashion", FashionMNIST)):
+        layout = LAYOUTS[name]
+        assert layout.files == tuple(f.removesuffix(".gz") for f, _ in cls.resources)
+        assert (layout.folder, layout.url, layout.packed) == (f"{cls.__name__}/raw", cls.mirrors[0], True)
+    layout = LAYOUTS["cifar10"]
+    assert layout.files == (*(f for f, _ in CIFAR10.train_list + CIFAR10.test_list), CIFAR10.meta["filename"])
+    assert (layout.folder, layout.url, layout.packed) == (CIFAR10.base_folder, CIFAR10.url, False)
+
+
 def test_missing_cifar_after_failed_download_explains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from fmnist.data import sources
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from fmnist.cli.common import hydra_app, report_user_errors
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
+from fmnist.data.layout import find_data
 from fmnist.world import current_world
 
 log = logging.getLogger("fmnist")
@@ -32,6 +33,16 @@ log = logging.getLogger("fmnist")
 def checked(cfg: DictConfig) -> TrainConfig:
     """The validated settings, for as many processes as this run has."""
     return check_world(train_config(cfg), current_world())
+
+
+def checked_before_run(cfg: DictConfig) -> TrainConfig:
+    """A single run's settings, checked before Hydra makes its run directory, and its data found (or fetched):
+    a run without its data is refused in one line and leaves nothing behind. A resumed run checks its
+    checkpoint's dataset once it has read it."""
+    settings = checked(cfg)
+    if settings.resume is None:
+        find_data(settings.dataset)
+    return settings
 
 
 def join_world() -> None:
@@ -60,7 +71,7 @@ def sleeping_threads(overrides: list[str]) -> bool:
     return bool(values) and values[-1] != "auto"
 
 
-@hydra_app("fmnist-train", "train", check=checked, before_run=join_world, sleeping_threads=sleeping_threads)
+@hydra_app("fmnist-train", "train", check=checked_before_run, before_run=join_world, sleeping_threads=sleeping_threads)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
     from fmnist.artifacts.sweep import leave_ctrl_c_to_the_sweep, parallel_jobs, run_job, stop_file

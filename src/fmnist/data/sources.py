@@ -17,7 +17,6 @@ import functools
 import gzip
 import hashlib
 import logging
-import os
 import pickle
 import zlib
 from dataclasses import dataclass
@@ -31,15 +30,10 @@ from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
 
 from fmnist.artifacts.atomic import ensure_dir, write_atomically
 from fmnist.config import DatasetSpec
+from fmnist.data.layout import LAYOUTS, Layout, cache_dir, data_root, missing_files, not_found
 from fmnist.errors import UserError, one_line
-from fmnist.paths import user_path
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """fmnist's cache: unpacked archives, and the default data root."""
-    return user_path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "fmnist"
 
 
 # The official files are 30 MB (a CIFAR-10 batch) and 47 MB (MNIST's training images, unpacked).
@@ -114,44 +108,22 @@ class LocalCIFAR10(CIFAR10):
 
 @dataclass(frozen=True)
 class Source:
-    """Where a dataset's files live under the data root and where a user can get them."""
+    """A dataset's files (layout.py) and the torchvision class that reads them; md5 of the official archives."""
 
-    title: str
+    layout: Layout
     cls: type[VisionDataset]
-    folder: str
-    files: tuple[str, ...]
-    url: str
     md5: dict[str, str]
 
-
-def _idx_source(title: str, cls: type[MNIST]) -> Source:
-    return Source(
-        title=title,
-        cls=cls,
-        folder=f"{cls.__name__}/raw",
-        files=tuple(name.removesuffix(".gz") for name, _ in cls.resources),
-        url=cls.mirrors[0],
-        md5=dict(cls.resources),
-    )
+    @property
+    def title(self) -> str:
+        return self.layout.title
 
 
 SOURCES: dict[str, Source] = {
-    "mnist": _idx_source("MNIST", MNIST),
-    "fashion": _idx_source("Fashion-MNIST", FashionMNIST),
-    "cifar10": Source(
-        title="CIFAR-10",
-        cls=LocalCIFAR10,
-        folder=CIFAR10.base_folder,
-        files=tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list) + (CIFAR10.meta["filename"],),
-        url=CIFAR10.url,
-        md5={},
-    ),
+    "mnist": Source(LAYOUTS["mnist"], MNIST, dict(MNIST.resources)),
+    "fashion": Source(LAYOUTS["fashion"], FashionMNIST, dict(FashionMNIST.resources)),
+    "cifar10": Source(LAYOUTS["cifar10"], LocalCIFAR10, {}),
 }
-
-
-def data_root(root: str | None) -> Path:
-    """dataset.root, else $FMNIST_DATA (through the config), else the user cache directory."""
-    return user_path(root) if root else cache_dir() / "data"
 
 
 def open_dataset(name: str, root: str | None, download: bool, train: bool, transform: Any = None) -> VisionDataset:
@@ -164,7 +136,7 @@ def open_dataset(name: str, root: str | None, download: bool, train: bool, trans
     try:
         return source.cls(str(usable_root), train=train, transform=transform)
     except (RuntimeError, OSError, AssertionError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-        folder = usable_root / source.folder
+        folder = usable_root / source.layout.folder
         raise UserError(f"could not read {source.title} from {folder}: {one_line(exc)}") from None
 
 
@@ -201,21 +173,19 @@ def _decode(name: str, root: str, download: bool, train: bool) -> tuple[torch.Te
 
 def _local_root(source: Source, root: Path) -> Path | None:
     """A root under which torchvision finds every file unpacked, or None if the files are not here."""
-    folder = root / source.folder
-    if all((folder / name).is_file() for name in source.files):
-        for name in source.files:
+    folder = root / source.layout.folder
+    if all((folder / name).is_file() for name in source.layout.files):
+        for name in source.layout.files:
             _check_size(folder / name)
         return root
-    if source.cls is LocalCIFAR10 or not all(
-        (folder / name).is_file() or (folder / f"{name}.gz").is_file() for name in source.files
-    ):
+    if missing_files(source.layout, root):
         return None
     # The .gz archives are here. Unpack them into the cache, never into the data directory: it may be
     # read-only or shared, and root can write where it should not.
     digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
     target_root = cache_dir() / "unpacked" / digest
-    target = ensure_dir(target_root / source.folder)
-    for name in source.files:
+    target = ensure_dir(target_root / source.layout.folder)
+    for name in source.layout.files:
         _unpack(source, folder, target, name)
     return target_root
 
@@ -272,27 +242,20 @@ def _check_size(path: Path) -> None:
         raise UserError(f"{path} is {size >> 20} MiB: larger than any file of this dataset, refusing to read it")
 
 
+def download(name: str, root: Path) -> None:
+    """Fetch a dataset's files into root through torchvision (which verifies checksums), or say why not."""
+    _download(SOURCES[name], root, allowed=True)
+
+
 def _download(source: Source, root: Path, allowed: bool) -> Path:
     """Download through torchvision (which verifies checksums) or explain where the files should be."""
     if not allowed:
-        raise UserError(_missing(source, root, "dataset.download=false"))
+        raise UserError(not_found(source.layout, root, "dataset.download=false"))
     log.info("%s not found under %s: downloading", source.title, root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         # Constructing the dataset with download=True fetches, verifies and unpacks every split.
         source.cls(str(root), train=True, download=True)
     except (RuntimeError, URLError, OSError) as exc:
-        raise UserError(_missing(source, root, f"the download failed ({one_line(exc)})")) from None
+        raise UserError(not_found(source.layout, root, f"the download failed ({one_line(exc)})")) from None
     return root
-
-
-def _missing(source: Source, root: Path, why: str) -> str:
-    folder = root / source.folder
-    have = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-    missing = [n for n in source.files if n not in have and f"{n}.gz" not in have]
-    packed = "" if source.cls is LocalCIFAR10 else " (.gz or unpacked)"
-    return (
-        f"{source.title} not found: {folder} needs {', '.join(missing)}{packed}; {why}. "
-        f"Get them from {source.url} into that folder, or set dataset.root (or FMNIST_DATA) "
-        f"to a directory that has {source.folder}/"
-    )

@@ -17,7 +17,7 @@ import torch
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.artifacts.sweep import default_checkpoint
 from fmnist.config import InspectConfig, TrainConfig, lookup
-from fmnist.data.sources import data_root
+from fmnist.data.layout import data_root
 from fmnist.errors import UserError, describe, one_line
 from fmnist.models import Classifier
 from fmnist.paths import user_path

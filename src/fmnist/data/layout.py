@@ -1,0 +1,86 @@
+"""Where each dataset's files lie under a data root (torchvision's layout), known without importing torch.
+
+So a run whose data is missing hears it before torch loads and before Hydra makes its run directory: one line,
+nothing left behind. sources.py reads the files through torchvision's classes, whose names, folders and URLs
+these are (tests/test_data.py holds the two to the same lists).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmnist.config import DatasetSpec
+from fmnist.errors import UserError
+from fmnist.paths import user_path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A dataset's files: `folder` under the data root holds `files`; with `packed`, each may be its `.gz`."""
+
+    title: str
+    folder: str
+    files: tuple[str, ...]
+    url: str
+    packed: bool
+
+
+def _idx(title: str, folder: str, url: str) -> Layout:
+    files = tuple(f"{split}-{kind}-idx{dims}-ubyte" for split in ("train", "t10k")
+                  for kind, dims in (("images", 3), ("labels", 1)))
+    return Layout(title, f"{folder}/raw", files, url, packed=True)
+
+
+LAYOUTS: dict[str, Layout] = {
+    "mnist": _idx("MNIST", "MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+    "fashion": _idx("Fashion-MNIST", "FashionMNIST",
+                    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+    "cifar10": Layout("CIFAR-10", "cifar-10-batches-py",
+                      (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
+                      "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", packed=False),
+}
+
+
+def cache_dir() -> Path:
+    """fmnist's cache: unpacked archives, and the default data root."""
+    return user_path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "fmnist"
+
+
+def data_root(root: str | None) -> Path:
+    """dataset.root, else $FMNIST_DATA (through the config), else the user cache directory."""
+    return user_path(root) if root else cache_dir() / "data"
+
+
+def missing_files(layout: Layout, root: Path) -> list[str]:
+    """The files of `layout` not under `root` (for a packed layout, neither unpacked nor as .gz)."""
+    folder = root / layout.folder
+    return [name for name in layout.files
+            if not (folder / name).is_file() and not (layout.packed and (folder / f"{name}.gz").is_file())]
+
+
+def not_found(layout: Layout, root: Path, why: str) -> str:
+    """What is missing where, why it was not fetched, and where to get it."""
+    packed = " (.gz or unpacked)" if layout.packed else ""
+    return (
+        f"{layout.title} not found: {root / layout.folder} needs {', '.join(missing_files(layout, root))}{packed}; "
+        f"{why}. Get them from {layout.url} into that folder, or set dataset.root (or FMNIST_DATA) "
+        f"to a directory that has {layout.folder}/"
+    )
+
+
+def find_data(dataset: DatasetSpec) -> None:
+    """Before a run starts: its files are there, or fetched now (dataset.download), or the run is refused in one
+    line. Only a fetch imports torch (torchvision downloads and verifies)."""
+    layout, root = LAYOUTS[dataset.name], data_root(dataset.root)
+    if not missing_files(layout, root):
+        return
+    if not dataset.download:
+        raise UserError(not_found(layout, root, "dataset.download=false"))
+    # Logging starts with the run: this line is for whoever waits on the download.
+    print(f"{layout.title} not found under {root}: downloading it (checksums verified)", file=sys.stderr)
+    from fmnist.data.sources import download
+
+    download(dataset.name, root)
