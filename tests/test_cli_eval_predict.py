@@ -6,6 +6,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +139,21 @@ def test_predict_on_a_user_png_sees_the_class_it_was_trained_on(trained_run: Pat
     assert out["image"].endswith("photo.png") and out["true"] is None
     assert out["predicted"] == names[k], (names[k], out["topk"])
     assert_real_png(tmp_path / "prediction-photo.png")
+
+
+def test_predict_on_a_user_image_never_imports_torchvision(trained_run: Path, tmp_path: Path):
+    """torchvision's import (2.3-2.5 s on 2 cores, most of it torch._dynamo) reads datasets; your own image
+    needs none of it, so that prediction answers in two thirds of the time (docs/benchmarks.md)."""
+    Image.fromarray(np.full((28, 28), 128, dtype=np.uint8)).save(tmp_path / "gray.png")
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('HEAVY', sorted(m for m in ('torchvision', 'torch._dynamo') "
+              "if m in sys.modules)))\n"
+              f"sys.argv = ['fmnist-predict', 'ckpt={trained_run / 'best.pt'}', 'image={tmp_path / 'gray.png'}', "
+              f"'out_dir={tmp_path}']\n"
+              "from fmnist.cli.predict import main\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+    assert_real_png(tmp_path / "prediction-gray.png")
 
 
 class Exploit:

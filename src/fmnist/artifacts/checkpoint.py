@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
 from fmnist import __version__
 from fmnist.artifacts.atomic import write_atomically
@@ -29,6 +28,9 @@ REQUIRED = ("format", "format_version", "model", "config", "class_names", "epoch
 
 
 def versions() -> dict[str, str]:
+    """What wrote a checkpoint. Only training writes one; it has imported torchvision to read its data by then."""
+    import torchvision
+
     return {"fmnist": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "python": platform.python_version()}
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from fmnist.config import Augment, DatasetSpec
-from fmnist.data.sources import SOURCES, check_labels, load_tensors, open_dataset
+from fmnist.data.layout import LAYOUTS
 from fmnist.data.transforms import Normalize, augment_batch, torchvision_transform
 from fmnist.errors import UserError
 
@@ -199,6 +199,8 @@ def split_members(dataset: DatasetSpec, split: str, n_official: int, seed: int) 
 
 def load_split(dataset: DatasetSpec, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, C, H, W) and labels of one split (train, val or test), in evaluation order."""
+    from fmnist.data.sources import load_tensors  # torchvision reads the files: imported when there are some
+
     images, labels = load_tensors(dataset, train=split != "test")
     members = split_members(dataset, split, len(labels), seed)
     return (images, labels) if members is None else (images[members], labels[members])
@@ -217,10 +219,11 @@ def make_batches(dataset: DatasetSpec, split: str, device: torch.device, *, batc
         normalize = Normalize(dataset.mean, dataset.std, device)
         return TensorBatches(images.to(device), labels.to(device), batch_size, normalize,
                              shuffle=training, seed=seed, augment=augment, shard=shard)
+    from fmnist.data.sources import check_labels, open_dataset
+
     transform = torchvision_transform(augment, dataset.image_size, dataset.mean, dataset.std)
     ds = open_dataset(dataset.name, dataset.root, dataset.download, train=split != "test", transform=transform)
-    title = SOURCES[dataset.name].title
-    check_labels(torch.as_tensor(ds.targets), len(ds), dataset.num_classes, title)
+    check_labels(torch.as_tensor(ds.targets), len(ds), dataset.num_classes, LAYOUTS[dataset.name].title)
     members = split_members(dataset, split, len(ds), seed)
     if members is not None:
         ds = Subset(ds, members.tolist())

@@ -1,18 +1,22 @@
 """Normalisation and augmentation as batched tensor ops, plus the same recipe as torchvision transforms.
 
 The tensor versions run on whole batches on the training device (no per-sample Python); the torchvision
-versions serve the DataLoader path (data.loader=torchvision) so both paths train on the same recipe.
+versions serve the DataLoader path (data.loader=torchvision) so both paths train on the same recipe; only
+that path imports torchvision (2.3-2.5 s on a 2-core CPU, most of it the torch._dynamo that torchvision.ops loads).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torchvision import transforms
 
 from fmnist.config import Augment, DatasetSpec
+
+if TYPE_CHECKING:
+    from torchvision import transforms
 
 
 class Normalize:
@@ -105,6 +109,8 @@ def torchvision_transform(augment: Augment | None, image_size: int, mean: tuple[
                           std: tuple[float, ...]
                           ) -> transforms.Compose:
     """The same recipe for PIL images in a DataLoader: augmentation (training only), ToTensor, Normalize."""
+    from torchvision import transforms
+
     steps: list = []
     if augment is not None:
         if augment.crop_padding > 0:
