@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_real_png, cli, one_line_error
+from helpers import assert_real_png, cli, console_script, one_line_error
 from PIL import Image
 
 from fmnist.artifacts.checkpoint import load_checkpoint
@@ -154,6 +154,19 @@ def test_predict_on_a_user_image_never_imports_torchvision(trained_run: Path, tm
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
     assert_real_png(tmp_path / "prediction-gray.png")
+
+
+def test_eval_into_a_pipe_whose_reader_has_gone_ends_without_a_traceback(trained_run: Path, tmp_path: Path):
+    """`fmnist-eval | head -1`: the table is flushed at exit to a reader that has gone; the command ends as Python
+    does then (exit 120), with no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the table waits in the buffer
+    proc = subprocess.Popen([console_script("fmnist-eval"), f"ckpt={trained_run / 'best.pt'}",
+                             f"out_dir={tmp_path / 'eval'}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 120 and "Traceback" not in stderr, stderr
+    assert (tmp_path / "eval" / "eval.json").is_file()
 
 
 class Exploit:

@@ -68,11 +68,15 @@ def exit_without_teardown(status: int) -> NoReturn:
     process holding torch (2-core Xeon): every command paid that after its last line. Threads are wound up and
     waited for, atexit runs (logging's handlers, multiprocessing's children, trackers, weakref finalizers), the
     standard streams are flushed; objects left to the teardown are not finalised, so a file left open would lose
-    its buffered tail (fmnist writes each file whole and closes it). A negative status ends by that signal."""
+    its buffered tail (fmnist writes each file whole and closes it). A negative status ends by that signal; a
+    stream whose reader has gone (`| head`) ends the process with 120, as the interpreter's last flush would."""
     threading._shutdown()  # type: ignore[attr-defined]  # what the interpreter does first: executors, then joins
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe, or a stream closed already
+            status = status or 120
     if status < 0:
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
