@@ -373,7 +373,7 @@ def ddp_rows(pair: str, root: str, rounds: int, epochs: int, batch_size: int) ->
 
 # ---- --sweep: a parallel --multirun against the same sweep one job at a time ---------------------------------
 
-SWEEP = "model=mlp,cnn optimizer.lr=1e-3,3e-3 epochs=1 dataset=fashion"  # issue #12's 4-job sweep
+SWEEP = "model=mlp,cnn optimizer.lr=1e-3,3e-3 epochs=1 dataset=fashion"  # 4 jobs: two models x two rates
 SWEEP_CASES = (("one at a time", ("hydra/launcher=basic",)), ("side by side", ()))
 
 
