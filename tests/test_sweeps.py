@@ -124,6 +124,45 @@ def test_the_process_that_launches_parallel_jobs_never_imports_torch(tmp_path: P
     assert_real_png(tmp_path / "sweep.png")
 
 
+WORKER = """
+import multiprocessing, os, sys
+from fmnist.cli.common import end_worker_without_teardown
+
+class Witness:  # writes when the interpreter tears the modules down
+    def __init__(self):
+        self.write = os.write
+    def __del__(self):
+        self.write(2, b"TORN DOWN\\n")
+
+def job(queue, code):
+    global witness
+    end_worker_without_teardown()
+    end_worker_without_teardown()  # once per job: one ending however many jobs the worker runs
+    witness = Witness()
+    queue.put(b"x" * 2**22)  # sent by the queue's own thread after the job returns: the ending must wait for it
+    if code:
+        raise SystemExit(code)
+
+if __name__ == "__main__":
+    for code in (0, 3):
+        queue = multiprocessing.get_context("spawn").Queue()
+        worker = multiprocessing.get_context("spawn").Process(target=job, args=(queue, code))
+        worker.start()
+        print("GOT", len(queue.get(timeout=120)), flush=True)
+        worker.join(120)
+        print("EXIT", worker.exitcode, flush=True)
+"""
+
+
+def test_a_sweep_worker_asked_to_end_skips_the_teardown_and_loses_nothing(tmp_path: Path):
+    """The sweep's process waits for its workers before it exits, so a worker's teardown of torch was every
+    parallel sweep's last ~1.5 s. A worker that ends on an error keeps the interpreter's ending and its code."""
+    (tmp_path / "worker.py").write_text(WORKER)
+    proc = subprocess.run([sys.executable, "worker.py"], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.stdout.splitlines() == ["GOT 4194304", "EXIT 0", "GOT 4194304", "TORN DOWN", "EXIT 3"], proc.stdout
+
+
 def test_a_multirun_runs_its_jobs_side_by_side_fitted_to_the_cores(tmp_path: Path):
     cli("fmnist-train", "--multirun", "threads=1", "model=mlp", "optimizer.lr=1e-3,2e-3",
         "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import difflib
 import logging
+import multiprocessing.util
 import os
 import re
 import signal
@@ -81,6 +82,21 @@ def exit_without_teardown(status: int) -> NoReturn:
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
     os._exit(status)
+
+
+def end_worker_without_teardown() -> None:
+    """In a worker process of a parallel sweep: when the sweep sends the worker home, end it as the entry points
+    end (exit_without_teardown), once multiprocessing's own exit steps have run (the finalizers that flush its
+    queues to the sweep's process come first: this one has the lowest priority). The sweep's process waits for
+    its workers before it exits, so their teardown of torch (~1.5 s) was every parallel sweep's last wait. A
+    worker ending on an error keeps the interpreter's own ending, and its exit code."""
+    if not any(f._callback is _end_worker for f in multiprocessing.util._finalizer_registry.values()):
+        multiprocessing.util.Finalize(None, _end_worker, exitpriority=-1000)
+
+
+def _end_worker() -> None:
+    if sys.exc_info()[0] is None:  # the worker's loop returned: it was asked to end
+        exit_without_teardown(0)
 
 
 def check_inputs(settings: InspectConfig) -> InspectConfig:

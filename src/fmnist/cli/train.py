@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmnist.cli.common import hydra_app, report_user_errors
+from fmnist.cli.common import end_worker_without_teardown, hydra_app, report_user_errors
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
 from fmnist.world import current_world
@@ -81,6 +81,7 @@ def main(cfg: DictConfig) -> float:
     pooled = multirun and multiprocessing.parent_process() is not None  # in a worker of a parallel sweep
     if pooled:
         leave_ctrl_c_to_the_sweep()  # first: importing torch takes seconds
+        end_worker_without_teardown()
 
     from fmnist.artifacts.tracking import Launch
     from fmnist.cpu_share import SHARE
