@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,46 @@ def test_missing_cifar_after_failed_download_explains(tmp_path: Path, monkeypatc
     expected = r"CIFAR-10 not found: .*cifar-10-batches-py needs data_batch_1.*download failed"
     with pytest.raises(UserError, match=expected):
         load_tensors(cfg.dataset, train=True)
+
+
+FETCH_ALONGSIDE = """
+import dataclasses, sys, time
+from pathlib import Path
+from fmnist.data import sources
+
+root, me = Path(sys.argv[1]), sys.argv[2]
+
+class Fetch:  # torchvision's download as far as the files go: slow, and it writes them in place
+    def __init__(self, root, train, download):
+        with open(Path(root) / "fetches", "a") as log:
+            log.write(me + "\\n")
+        deadline = time.monotonic() + 120
+        while len(list(Path(root).glob("ready-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(2)  # the other process has asked for the data by now
+        folder = Path(root) / "MNIST" / "raw"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in sources.LAYOUTS["mnist"].files:
+            (folder / name).write_bytes(b"")
+
+sources.SOURCES["mnist"] = dataclasses.replace(sources.SOURCES["mnist"], cls=Fetch)
+(root / f"ready-{me}").touch()
+sources.download("mnist", root, announce=print)
+"""
+
+
+def test_processes_that_find_the_data_missing_at_once_fetch_it_once(tmp_path: Path):
+    """Parallel sweep jobs and the ranks of a run start together: two fetching into one folder would truncate
+    each other's files. One fetches; the other waits for it and finds the files."""
+    (tmp_path / "fetch.py").write_text(FETCH_ALONGSIDE)
+    root = tmp_path / "data"
+    root.mkdir()
+    procs = [subprocess.Popen([sys.executable, "fetch.py", str(root), str(k)], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for k in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert len((root / "fetches").read_text().split()) == 1, outputs
+    assert "".join(outputs).count("MNIST not found under") == 1, outputs
 
 
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path, data_root: Path):

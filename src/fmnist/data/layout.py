@@ -79,8 +79,7 @@ def find_data(dataset: DatasetSpec) -> None:
         return
     if not dataset.download:
         raise UserError(not_found(layout, root, "dataset.download=false"))
-    # Logging starts with the run: this line is for whoever waits on the download.
-    print(f"{layout.title} not found under {root}: downloading it (checksums verified)", file=sys.stderr)
     from fmnist.data.sources import download
 
-    download(dataset.name, root)
+    # Logging starts with the run: the line that a download starts is for whoever waits on it.
+    download(dataset.name, root, announce=lambda line: print(line, file=sys.stderr))

@@ -13,12 +13,15 @@ is size-checked before it is read or inflated.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import gzip
 import hashlib
 import logging
 import pickle
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,20 +245,36 @@ def _check_size(path: Path) -> None:
         raise UserError(f"{path} is {size >> 20} MiB: larger than any file of this dataset, refusing to read it")
 
 
-def download(name: str, root: Path) -> None:
-    """Fetch a dataset's files into root through torchvision (which verifies checksums), or say why not."""
-    _download(SOURCES[name], root, allowed=True)
+def download(name: str, root: Path, announce: Callable[[str], None] = log.info) -> None:
+    """Fetch a dataset's files into root through torchvision (which verifies checksums), or say why not.
+    `announce` tells whoever waits that a download starts (before a run's logging exists: print it)."""
+    _download(SOURCES[name], root, allowed=True, announce=announce)
 
 
-def _download(source: Source, root: Path, allowed: bool) -> Path:
+DOWNLOAD_LOCK = ".fmnist-download.lock"  # in the data root: the processes fetching into it take turns
+
+
+def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str], None] = log.info) -> Path:
     """Download through torchvision (which verifies checksums) or explain where the files should be."""
     if not allowed:
         raise UserError(not_found(source.layout, root, "dataset.download=false"))
-    log.info("%s not found under %s: downloading", source.title, root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        # Constructing the dataset with download=True fetches, verifies and unpacks every split.
-        source.cls(str(root), train=True, download=True)
+        with _one_download_at_a_time(root):
+            if missing_files(source.layout, root):  # else fetched by the process this one waited for
+                announce(f"{source.title} not found under {root}: downloading it (checksums verified)")
+                # Constructing the dataset with download=True fetches, verifies and unpacks every split.
+                source.cls(str(root), train=True, download=True)
     except (RuntimeError, URLError, OSError) as exc:
         raise UserError(not_found(source.layout, root, f"the download failed ({one_line(exc)})")) from None
     return root
+
+
+@contextlib.contextmanager
+def _one_download_at_a_time(root: Path) -> Iterator[None]:
+    """Parallel sweep jobs, the ranks of a distributed run or two commands may all find the data missing.
+    torchvision writes each file in place as it arrives, so two fetching at once truncate each other's files
+    and fail their checksums: one fetches, the others wait for it and then find the files there."""
+    with open(root / DOWNLOAD_LOCK, "a") as lock:  # "a": created if need be, never truncated
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also by a process that dies
+        yield
