@@ -58,7 +58,7 @@ from fmnist.config import CONFIG_DIR, TrainConfig, train_config, usable_cores
 from fmnist.data.batches import Batches, TensorBatches, load_split, make_batches
 from fmnist.data.sources import open_dataset
 from fmnist.data.transforms import TTA, Normalize
-from fmnist.runtime import configure_threads, cpu_bf16_flag, resolve_precision, synchronize
+from fmnist.runtime import configure_threads, cpu_bf16_flag, cpu_identity, resolve_precision, synchronize
 from fmnist.train.loop import EpochStats, evaluate, train_epochs
 from fmnist.train.setup import Training, build_loss, build_model, build_training
 from fmnist.train.step import make_step
@@ -70,12 +70,7 @@ TARGETS = {"cnn:fashion": 0.91, "bn_cnn:mnist": 0.97, "mlp:fashion": 0.86}
 def machine() -> str:
     """The CPU by name (lscpu's model name) and its bf16 support, the usable cores and torch: figures from
     different machines differ by more than any change measured here, so every table says where it ran."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
+    name = cpu_identity()[1] or platform.processor() or platform.machine()
     flag = cpu_bf16_flag()
     return (f"{name}{f' with {flag}' if flag else ', no fast bf16'}, {usable_cores()} usable cores; "
             f"torch {torch.__version__}")

@@ -60,18 +60,23 @@ def cpu_bf16_flag() -> str | None:
     preset at 0.65-1.02x of fp32; on an AMD EPYC with neither a BatchNorm-GELU net ran ~8x slower. So: AMX,
     or AVX-512 BF16 on AMD.
     """
+    vendor, _, flags = cpu_identity()
+    return bf16_flag(vendor, flags)
+
+
+def cpu_identity() -> tuple[str, str, set[str]]:
+    """The first CPU's `vendor_id`, `model name` and flags from /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            vendor, flags = "", set()
             for line in f:
-                if line.startswith("vendor_id"):
-                    vendor = line.partition(":")[2].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.partition(":")[2].split())
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if key.strip() == "flags":
                     break
     except OSError:
-        return None
-    return bf16_flag(vendor, flags)
+        pass
+    return fields.get("vendor_id", ""), fields.get("model name", ""), set(fields.get("flags", "").split())
 
 
 def bf16_flag(vendor: str, flags: set[str]) -> str | None:
