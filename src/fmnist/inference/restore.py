@@ -22,7 +22,7 @@ from fmnist.errors import UserError, describe, one_line
 from fmnist.models import Classifier
 from fmnist.paths import user_path
 from fmnist.runtime import resolve_device, resolve_precision
-from fmnist.train.setup import build_model, config_from_checkpoint
+from fmnist.train.setup import build_model, config_from_checkpoint, in_memory_format
 
 log = logging.getLogger("fmnist")
 
@@ -59,7 +59,8 @@ def restore(settings: InspectConfig) -> Restored:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise UserError(f"{path}: its weights do not fit its model config: {one_line(exc)}") from None
-    return Restored(path, ckpt, cfg, model.to(device).eval(), device, dtype)
+    model = in_memory_format(model.to(device), device, cfg.channels_last)  # as training ran it, where it applies
+    return Restored(path, ckpt, cfg, model.eval(), device, dtype)
 
 
 def say_where_the_data_is(r: Restored) -> None:
