@@ -90,8 +90,12 @@ def end_worker_without_teardown() -> None:
     queues to the sweep's process come first: this one has the lowest priority). The sweep's process waits for
     its workers before it exits, so their teardown of torch (~1.5 s) was every parallel sweep's last wait. A
     worker ending on an error keeps the interpreter's own ending, and its exit code."""
-    if not any(f._callback is _end_worker for f in multiprocessing.util._finalizer_registry.values()):
-        multiprocessing.util.Finalize(None, _end_worker, exitpriority=-1000)
+    global _worker_ending
+    if _worker_ending is None:  # once per worker, however many jobs it runs
+        _worker_ending = multiprocessing.util.Finalize(None, _end_worker, exitpriority=-1000)
+
+
+_worker_ending: multiprocessing.util.Finalize | None = None
 
 
 def _end_worker() -> None:

@@ -96,8 +96,9 @@ def use_channels_last(model: nn.Module, device: torch.device, setting: bool | st
 
 def in_memory_format(model: nn.Module, device: torch.device, setting: bool | str) -> nn.Module:
     """The model (on `device`) in the memory format its convs should run in there (use_channels_last): training,
-    evaluation and prediction alike. Max-pooling alone, 64 maps of 24x24 on a 2-core Xeon, ran 10x slower in
-    the default format than in channels-last, so an evaluation in another format than training's ran 3x slower."""
+    evaluation and prediction alike. On a 2-core Xeon max-pooling 64 maps of 24x24 ran 10x slower in the
+    default format than in channels-last: fmnist-eval of a cnn trained in channels-last took 11-12 s in the
+    default format, 7 s in training's."""
     return model.to(memory_format=torch.channels_last) if use_channels_last(model, device, setting) else model
 
 
