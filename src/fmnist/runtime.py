@@ -70,9 +70,9 @@ def cpu_identity() -> tuple[str, str, set[str]]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-                if key.strip() == "flags":
+                key, _, value = (part.strip() for part in line.partition(":"))
+                fields.setdefault(key, value)
+                if key == "flags":
                     break
     except OSError:
         pass
