@@ -7,10 +7,12 @@ line naming the path and the reason, and the previous version of the file left a
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fmnist.errors import UserError
@@ -58,6 +60,23 @@ def ensure_dir(path: Path) -> Path:
     except OSError as exc:
         raise UserError(f"cannot create directory {path}: {exc.strerror or exc}") from None
     return path
+
+
+@contextlib.contextmanager
+def taking_turns(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (created if need be, with its directory): the processes that
+    write the same files (parallel sweep jobs, the ranks of a run, two commands) wait for each other here.
+    The lock goes with the file's closing, also when the process holding it dies."""
+    ensure_dir(lock.parent)
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # never truncated
+    except OSError as exc:
+        raise UserError(f"could not write {lock}: {_reason(exc, lock)}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_dir_target(path: Path) -> Path:

@@ -11,12 +11,9 @@ attached. A resumed run continues its MLflow run.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from fmnist.artifacts.atomic import write_atomically
+from fmnist.artifacts.atomic import taking_turns, write_atomically
 from fmnist.artifacts.rundir import BEST, OUTPUT_DIRS
 from fmnist.artifacts.tracking import EPOCH_SCALARS, RunInfo
 from fmnist.artifacts.tracking import MLFLOW_SWEEP_MEMO as SWEEP_MEMO
@@ -52,18 +49,6 @@ def store_uri(root: Path) -> str:
     return f"sqlite:///{root / STORE}"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (created if need be): parallel jobs wait for each other here."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class MlflowTracker:
     name = "mlflow"
 
@@ -84,7 +69,7 @@ class MlflowTracker:
         else:  # a new store is created (its tables) by the first job of a sweep, the others wait
             root = default_store(info.run_dir, info.sweep_dir)
             uri = store_uri(root)
-            with _locked(root / f".{STORE}.lock"):
+            with taking_turns(root / f".{STORE}.lock"):
                 self.client = client = MlflowClient(tracking_uri=uri)
                 experiment = _experiment_id(client, name, (root / ARTIFACTS).as_uri())
         previous = _read_json(self.run_dir / RUN_MEMO).get("run_id") if info.resumed else None
@@ -162,7 +147,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def sweep_parent(client: MlflowClient, uri: str, experiment: str, sweep_dir: Path) -> str:
     """The id of the sweep's parent run in this store, created by the first job that asks."""
-    with _locked(sweep_dir / SWEEP_LOCK):  # parallel jobs: one creates the parent run, the others read its id
+    with taking_turns(sweep_dir / SWEEP_LOCK):  # parallel jobs: one creates the parent run, the others read its id
         memo = _read_json(sweep_dir / SWEEP_MEMO)
         known = memo.get(uri)
         if isinstance(known, str) and _exists(client, known):

@@ -13,15 +13,13 @@ is size-checked before it is read or inflated.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import gzip
 import hashlib
 import logging
 import pickle
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
 
-from fmnist.artifacts.atomic import ensure_dir, write_atomically
+from fmnist.artifacts.atomic import ensure_dir, taking_turns, write_atomically
 from fmnist.config import DatasetSpec
 from fmnist.data.layout import LAYOUTS, Layout, cache_dir, data_root, missing_files, not_found
 from fmnist.errors import UserError, one_line
@@ -259,22 +257,16 @@ def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str
     if not allowed:
         raise UserError(not_found(source.layout, root, "dataset.download=false"))
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with _one_download_at_a_time(root):
+        # torchvision writes each file in place as it arrives, so processes that find the data missing at once
+        # (parallel sweep jobs, the ranks of a run, two commands) would truncate each other's files and fail
+        # their checksums: one fetches, the others wait for it here and then find the files.
+        with taking_turns(root / DOWNLOAD_LOCK):
             if missing_files(source.layout, root):  # else fetched by the process this one waited for
                 announce(f"{source.title} not found under {root}: downloading it (checksums verified)")
                 # Constructing the dataset with download=True fetches, verifies and unpacks every split.
                 source.cls(str(root), train=True, download=True)
-    except (RuntimeError, URLError, OSError) as exc:
+    except (RuntimeError, URLError, OSError, UserError) as exc:  # UserError: the lock file cannot be written
         raise UserError(not_found(source.layout, root, f"the download failed ({one_line(exc)})")) from None
     return root
 
 
-@contextlib.contextmanager
-def _one_download_at_a_time(root: Path) -> Iterator[None]:
-    """Parallel sweep jobs, the ranks of a distributed run or two commands may all find the data missing.
-    torchvision writes each file in place as it arrives, so two fetching at once truncate each other's files
-    and fail their checksums: one fetches, the others wait for it and then find the files there."""
-    with open(root / DOWNLOAD_LOCK, "a") as lock:  # "a": created if need be, never truncated
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also by a process that dies
-        yield
