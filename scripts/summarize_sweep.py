@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fmnist.artifacts.sweep import write_summary
+from fmnist.artifacts.sweep import SUMMARY_MD, write_summary
+from fmnist.errors import UserError
 
 
 def main() -> int:
@@ -20,11 +21,15 @@ def main() -> int:
     if not args.sweep_dir.is_dir():
         print(f"summarize_sweep: error: {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2
-    rows = write_summary(args.sweep_dir)
+    try:
+        rows = write_summary(args.sweep_dir)
+    except UserError as exc:  # a read-only sweep directory, a full disk
+        print(f"summarize_sweep: error: {exc}", file=sys.stderr)
+        return 2
     if not rows:
         print(f"summarize_sweep: error: no jobs (*/.hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
         return 2
-    print((args.sweep_dir / "sweep_summary.md").read_text(), end="")
+    print((args.sweep_dir / SUMMARY_MD).read_text(), end="")
     print(f"wrote sweep_summary.csv, sweep_summary.md, sweep.png in {args.sweep_dir}")
     return 0
 

@@ -210,6 +210,58 @@ def test_crashed_and_unreadable_jobs_are_reported_as_such(tmp_path: Path):
     assert "Traceback" not in proc.stderr and "| 1 | crashed |" in proc.stdout
 
 
+def _job(sweep: Path, job: str, lr: str, val_acc: float) -> None:
+    """A finished job's directory as training leaves it: Hydra's overrides and the run's metrics.json."""
+    import json
+
+    (sweep / job / ".hydra").mkdir(parents=True)
+    (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- model=mlp\n- optimizer.lr={lr}\n")
+    (sweep / job / "metrics.json").write_text(json.dumps({
+        "status": "completed", "best_val_acc": val_acc, "test": {"accuracy": val_acc}, "seconds": 1.0,
+        "history": [{"epoch": 1, "val_acc": val_acc}]}))
+
+
+def test_the_summary_is_drawn_again_only_when_its_rows_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The sweep's own last call follows its last job's: in a parallel sweep it imported matplotlib (~1 s)
+    to draw the same chart again."""
+    from fmnist.artifacts import plots, sweep
+
+    drawn = []
+    monkeypatch.setattr(plots, "plot_sweep", lambda rows, parameter, path: (drawn.append(len(rows)),
+                                                                             path.write_bytes(b"png")))
+    _job(tmp_path, "0", "0.001", 0.5)
+    _job(tmp_path, "1", "0.003", 0.6)
+    sweep.write_summary(tmp_path)
+    sweep.write_summary(tmp_path)
+    assert drawn == [2]
+    _job(tmp_path, "2", "0.01", 0.7)  # a job that ended since
+    sweep.write_summary(tmp_path)
+    (tmp_path / "sweep.png").unlink()  # a file of the summary gone
+    sweep.write_summary(tmp_path)
+    assert drawn == [2, 3, 3]
+    assert [r["job"] for r in summary(tmp_path)] == ["2", "1", "0"]
+
+
+def test_jobs_ending_together_write_the_summary_one_after_the_other(tmp_path: Path):
+    """Each summary file is replaced whole, but two writers could still leave one's table beside the other's
+    chart, the older one last: the writer that comes second reads the rows after the first has written."""
+    import threading
+
+    from fmnist.artifacts.atomic import taking_turns
+    from fmnist.artifacts.sweep import SUMMARY_LOCK, write_summary
+
+    _job(tmp_path, "0", "0.001", 0.5)
+    with taking_turns(tmp_path / SUMMARY_LOCK):  # another job's process writing
+        writer = threading.Thread(target=write_summary, args=(tmp_path,))
+        writer.start()
+        writer.join(1.0)
+        assert writer.is_alive() and not (tmp_path / "sweep_summary.csv").exists()
+        _job(tmp_path, "1", "0.003", 0.6)  # what the writer that holds the turn saw end
+    writer.join(60)
+    assert [r["job"] for r in summary(tmp_path)] == ["1", "0"]
+    assert_real_png(tmp_path / "sweep.png")
+
+
 PARALLEL = ["hydra.launcher.n_jobs=2"]  # the default launcher, two jobs at a time on any machine
 
 

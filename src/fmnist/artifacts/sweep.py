@@ -10,7 +10,9 @@ job is recorded and the others go on) and how many jobs share the CPU.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -23,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from fmnist.artifacts.atomic import write_atomically
+from fmnist import __version__
+from fmnist.artifacts.atomic import taking_turns, write_atomically
 from fmnist.artifacts.html import sweep_page
 from fmnist.artifacts.rundir import BEST, REPORT, RunDir, RunDirectoryInUse, latest_checkpoint, read_metrics
 from fmnist.artifacts.tracking import MLFLOW_SWEEP_MEMO
@@ -82,7 +85,9 @@ def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
 
 
 FAILED = ("failed", "crashed", "interrupted", "unreadable")
-SWEEP_PNG, SUMMARY_CSV = "sweep.png", "sweep_summary.csv"
+SWEEP_PNG, SUMMARY_CSV, SUMMARY_MD = "sweep.png", "sweep_summary.csv", "sweep_summary.md"
+SUMMARY_LOCK = ".summary.lock"  # jobs ending together write the summary one after the other
+SUMMARY_STAMP = ".summary.sha256"  # what the summary files on disk were written from (_stamp)
 
 
 def _read_overrides(path: Path) -> list[str]:
@@ -115,24 +120,51 @@ def _alive(pid: Any, host: Any) -> bool:
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """sweep_summary.csv, sweep_summary.md and sweep.png in sweep_dir; returns the rows."""
-    from fmnist.artifacts.plots import plot_sweep  # matplotlib: only when drawing
+    """sweep_summary.csv, sweep_summary.md, sweep.png and the sweep's page in sweep_dir; returns the rows.
 
-    rows = collect(sweep_dir)
+    Jobs that end together take turns, so the files always come from one writer's rows, and the last writer
+    has seen every job that ended before it. Files already written from the same rows are left as they are:
+    the sweep's own call at its end follows its last job's, and in a parallel sweep it would import
+    matplotlib (~1 s) only to draw the same chart again.
+    """
+    with taking_turns(sweep_dir / SUMMARY_LOCK):
+        rows = collect(sweep_dir)
+        stamp = _stamp(rows)
+        if not _written_from(sweep_dir, stamp, rows):
+            _write(sweep_dir, rows)
+            write_atomically(sweep_dir / SUMMARY_STAMP, lambda tmp: tmp.write_text(stamp))
+    return rows
+
+
+def _stamp(rows: list[dict[str, Any]]) -> str:
+    """What the summary files are a function of: the rows and the code that renders them."""
+    text = json.dumps([__version__, rows], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _written_from(sweep_dir: Path, stamp: str, rows: list[dict[str, Any]]) -> bool:
+    names = (SUMMARY_CSV, SUMMARY_MD, REPORT, *((SWEEP_PNG,) if rows else ()))
+    try:
+        return (sweep_dir / SUMMARY_STAMP).read_text() == stamp and all((sweep_dir / n).is_file() for n in names)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _write(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    # Parallel jobs may finish at once: each file is replaced whole, never written half.
     common = common_overrides(rows)
     write_atomically(sweep_dir / SUMMARY_CSV, lambda tmp: tmp.write_text(table.getvalue()))
-    write_atomically(sweep_dir / "sweep_summary.md", lambda tmp: tmp.write_text(_markdown(rows, common)))
+    write_atomically(sweep_dir / SUMMARY_MD, lambda tmp: tmp.write_text(_markdown(rows, common)))
     if rows:
+        from fmnist.artifacts.plots import plot_sweep  # matplotlib: only when drawing
+
         plot_sweep(rows, swept_numeric_parameter(rows), sweep_dir / SWEEP_PNG)
     page = sweep_page(rows, sweep_dir, common=common, failed=sum(r["status"] in FAILED for r in rows),
                       plot=sweep_dir / SWEEP_PNG)
     write_atomically(sweep_dir / REPORT, lambda tmp: tmp.write_text(page, encoding="utf-8"))
-    return rows
 
 
 def close_trackers(sweep_dir: Path, failed: bool) -> None:
@@ -187,7 +219,7 @@ def report(sweep_dir: Path) -> int:
     """Write the summary and log it (the best jobs, then every failure); returns the number of failed jobs."""
     rows = write_summary(sweep_dir)
     failed = [r for r in rows if r["status"] in FAILED]
-    log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "sweep_summary.md", len(rows), len(failed))
+    log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / SUMMARY_MD, len(rows), len(failed))
     for r in rows[:5]:
         if r["status"] not in FAILED:
             log.info("  job %s  val %s  test %s  %s", r["job"], _pct(r["best_val_acc"]), _pct(r["test_acc"]),
