@@ -306,6 +306,25 @@ def test_a_directory_target_is_checked_without_creating_anything(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_taking_turns_where_a_file_system_has_no_locks_or_the_lock_cannot_be_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Some NFS mounts answer flock with ENOLCK: the writers go on without turns, as they did before there
+    were any. A lock file that cannot be made is one line naming it."""
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with atomic.taking_turns(tmp_path / "sweep" / ".lock"):
+        (tmp_path / "sweep" / "written").write_text("x")
+    assert (tmp_path / "sweep" / "written").read_text() == "x"
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(UserError, match=r"could not write .*taken: Is a directory"), \
+            atomic.taking_turns(tmp_path / "taken"):
+        pass
+
+
 def test_a_typed_path_expands_home_as_a_shell_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """~ is the home; ~name of no such user stays as typed (pathlib raises there, a traceback for the user)."""
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -66,14 +66,16 @@ def ensure_dir(path: Path) -> Path:
 def taking_turns(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the file `lock` (created if need be, with its directory): the processes that
     write the same files (parallel sweep jobs, the ranks of a run, two commands) wait for each other here.
-    The lock goes with the file's closing, also when the process holding it dies."""
+    The lock goes with the file's closing, also when the process holding it dies. Where the file system
+    has no locks (some NFS mounts: ENOLCK), the writers go on without taking turns."""
     ensure_dir(lock.parent)
     try:
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # never truncated
     except OSError as exc:
         raise UserError(f"could not write {lock}: {_reason(exc, lock)}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
