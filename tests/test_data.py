@@ -129,6 +129,44 @@ def test_processes_that_find_the_data_missing_at_once_fetch_it_once(tmp_path: Pa
     assert "".join(outputs).count("MNIST not found under") == 1, outputs
 
 
+def test_a_download_that_stalls_fails_instead_of_holding_the_others(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """torchvision opens its URLs without a timeout: a server that accepts and never answers held the fetch,
+    and every process waiting for its turn, forever."""
+    import dataclasses
+    import socket
+    import threading
+    import urllib.request
+
+    from fmnist.data import sources
+
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody ever answers
+    port = silent.getsockname()[1]
+
+    class Fetch:  # torchvision's download as far as the network goes: urlopen without a timeout
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz").read()
+
+    monkeypatch.setitem(sources.SOURCES, "mnist", dataclasses.replace(sources.SOURCES["mnist"], cls=Fetch))
+    monkeypatch.setattr(sources, "STALL_SECONDS", 0.5)
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            sources.download("mnist", tmp_path, announce=lambda line: None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+
+    fetcher = threading.Thread(target=fetch, daemon=True)
+    fetcher.start()
+    fetcher.join(30)
+    silent.close()
+    assert not fetcher.is_alive(), "the download still waits for a server that never answers"
+    assert len(outcome) == 1 and isinstance(outcome[0], UserError), outcome
+    assert "download failed (timed out)" in str(outcome[0])
+    assert socket.getdefaulttimeout() is None  # the process's other sockets keep their default
+
+
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path, data_root: Path):
     shutil.copytree(data_root / "MNIST", tmp_path / "MNIST")
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")

@@ -13,13 +13,15 @@ is size-checked before it is read or inflated.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import logging
 import pickle
+import socket
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,6 +252,9 @@ def download(name: str, root: Path, announce: Callable[[str], None] = log.info) 
 
 
 DOWNLOAD_LOCK = ".fmnist-download.lock"  # in the data root: the processes fetching into it take turns
+# torchvision opens its URLs without a timeout: a server that stops sending would hold the download, and every
+# process waiting for its turn, forever. A download that receives nothing for this long fails instead.
+STALL_SECONDS = 60.0
 
 
 def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str], None] = log.info) -> Path:
@@ -264,9 +269,20 @@ def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str
             if missing_files(source.layout, root):  # else fetched by the process this one waited for
                 announce(f"{source.title} not found under {root}: downloading it (checksums verified)")
                 # Constructing the dataset with download=True fetches, verifies and unpacks every split.
-                source.cls(str(root), train=True, download=True)
+                with _sockets_time_out(STALL_SECONDS):
+                    source.cls(str(root), train=True, download=True)
     except (RuntimeError, URLError, OSError, UserError) as exc:  # UserError: the lock file cannot be written
         raise UserError(not_found(source.layout, root, f"the download failed ({one_line(exc)})")) from None
     return root
 
 
+@contextlib.contextmanager
+def _sockets_time_out(seconds: float) -> Iterator[None]:
+    """Every socket opened meanwhile without a timeout of its own (urllib's urlopen as torchvision calls it)
+    gives up after `seconds` without progress in one operation: a slow download goes on, a stalled one fails."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
