@@ -32,6 +32,11 @@ processes x 1 thread against 1 process x 2 threads, the same global batch.
 with its jobs side by side, as fmnist runs a sweep on a CPU, against the same sweep one job at a time, in
 alternating rounds; the ratio is per round, and the table gives its median and range (a noisy host moves one
 round's ratio by a tenth either way).
+
+    python scripts/bench.py --root DATA --eval --pairs cnn:fashion,bn_cnn_wide:fashion,speednet:fashion
+
+--eval measures evaluation (validation every epoch, the final test, fmnist-eval) at several eval_batch_size
+values: test-split images/s through the engine's evaluate, the sizes interleaved in each round.
 """
 
 from __future__ import annotations
@@ -407,6 +412,31 @@ def sweep_rows(sweep: str, root: str, rounds: int) -> list[dict[str, object]]:
     return rows
 
 
+# ---- --eval: evaluation speed against eval_batch_size --------------------------------------------------
+
+EVAL_SIZES = "1000,500,256,128"
+
+
+def eval_rows(pair: str, root: str, device: torch.device, sizes: list[int], rounds: int) -> list[dict[str, object]]:
+    """Test-split images/s through train.loop.evaluate, the function training's validation and test and
+    fmnist-eval run, with the model built as training builds it (untrained: the speed is the same)."""
+    model, dataset = pair.split(":")
+    cfg = config(model, dataset, root, device.type)
+    dtype = resolve_precision(cfg.precision, device)
+    t = build_training(cfg, device, dtype, 1)
+    runs: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(rounds):
+        for size in sizes:
+            test = make_batches(cfg.dataset, "test", device, batch_size=size, seed=cfg.seed, training=False,
+                                loader=cfg.loader, num_workers=cfg.num_workers)
+            evaluate(t.infer, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype)  # warm-up
+            result = evaluate(t.infer, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype)
+            runs[size].append(int(result.confusion.sum()) / result.seconds)
+            print(f"  {pair} eval_batch_size={size}: {runs[size][-1]:,.0f} images/s", file=sys.stderr)
+    return [{"pair": pair, "eval_batch_size": size, "default": size == cfg.eval_batch_size,
+             "images_per_s": median(rates), "runs": rates} for size, rates in runs.items()]
+
+
 def print_table(columns: list[str], rows: list[list[str]]) -> None:
     """A markdown table; a column whose name ends in ':' is right-aligned (numbers)."""
     print("| " + " | ".join(c.rstrip(":") for c in columns) + " |")
@@ -443,6 +473,9 @@ def main() -> int:
                         help="only a --multirun's wall clock, its jobs side by side (the default launcher) against "
                              f"one at a time (hydra/launcher=basic), in --repeats alternating rounds; the overrides "
                              f"default to the 4-job sweep '{SWEEP}'")
+    parser.add_argument("--eval", nargs="?", const=EVAL_SIZES,
+                        help="only evaluation: test-split images/s at each eval_batch_size given (default "
+                             f"{EVAL_SIZES}), per pair, in --repeats interleaved rounds")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker-threads", default="auto", help=argparse.SUPPRESS)
@@ -466,6 +499,20 @@ def main() -> int:
                      for job in jobs])
         if args.json:
             args.json.write_text(json.dumps({"machine": machine(), "sweep": args.sweep, "rounds": rows}, indent=2))
+        return 0
+    if args.eval:
+        device = torch.device("cuda" if args.device == "cuda" else "cpu")
+        configure_threads("auto")
+        sizes = [int(size) for size in args.eval.split(",")]
+        rows = [row for pair in args.pairs.split(",")
+                for row in eval_rows(pair, args.root, device, sizes, args.repeats)]
+        print(f"\nEvaluation ({device}; {machine()}; {torch.get_num_threads()} threads; test split, medians of "
+              f"{args.repeats} interleaved rounds; * the default eval_batch_size)\n")
+        print_table(["model:dataset", "eval_batch_size:", "images/s:"],
+                    [[str(r["pair"]), f"{r['eval_batch_size']}{' *' if r['default'] else ''}",
+                      f"{r['images_per_s']:,.0f}"] for r in rows])
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "eval": rows}, indent=2))
         return 0
     if args.ddp:
         rows = [row for pair in args.pairs.split(",")

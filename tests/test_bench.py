@@ -1,4 +1,4 @@
-"""scripts/bench.py's sweep mode on the tiny data: the benchmark behind the parallel-sweep target runs both ways."""
+"""scripts/bench.py on the tiny data: the sweep mode (behind the parallel-sweep target) and the eval mode."""
 
 from __future__ import annotations
 
@@ -24,3 +24,14 @@ def test_sweep_mode_times_a_multirun_side_by_side_and_one_at_a_time(tmp_path: Pa
         assert sorted(rounds[0][case]["jobs_s"]) == ["optimizer.lr=0.001", "optimizer.lr=0.003"]
     assert f"| 1 | one at a time | {walls['one at a time']:.1f} | {walls['side by side']:.1f} |" in proc.stdout
     assert "median" in proc.stdout and "usable cores" in proc.stdout
+
+
+def test_eval_mode_measures_each_eval_batch_size_and_marks_the_default(tmp_path: Path, data_root: Path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--root", str(data_root), "--eval",
+                           "256,32", "--pairs", "mlp:mnist", "--repeats", "1", "--json", "eval.json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "eval.json").read_text())["eval"]
+    assert [(r["eval_batch_size"], r["default"]) for r in rows] == [(256, True), (32, False)]
+    assert all(r["images_per_s"] > 0 and len(r["runs"]) == 1 for r in rows)
+    assert f"| mlp:mnist | 256 * | {rows[0]['images_per_s']:,.0f} |" in proc.stdout
