@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rebuild sweep_summary.csv, sweep_summary.md and sweep.png for a finished or partial sweep directory.
+"""Rebuild sweep_summary.csv, sweep_summary.md, sweep.png and report.html for a finished or partial sweep directory.
 
     python scripts/summarize_sweep.py multirun/2026-11-23/10-00-00-123456-4242
 """
@@ -30,7 +30,7 @@ def main() -> int:
         print(f"summarize_sweep: error: no jobs (*/.hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
         return 2
     print((args.sweep_dir / SUMMARY_MD).read_text(), end="")
-    print(f"wrote sweep_summary.csv, sweep_summary.md, sweep.png in {args.sweep_dir}")
+    print(f"sweep_summary.csv, sweep_summary.md, sweep.png and report.html in {args.sweep_dir} are up to date")
     return 0
 
 
