@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -427,8 +428,7 @@ def eval_rows(pair: str, root: str, device: torch.device, sizes: list[int], roun
     runs: dict[int, list[float]] = {size: [] for size in sizes}
     for _ in range(rounds):
         for size in sizes:
-            test = make_batches(cfg.dataset, "test", device, batch_size=size, seed=cfg.seed, training=False,
-                                loader=cfg.loader, num_workers=cfg.num_workers)
+            test = batches(dataclasses.replace(cfg, eval_batch_size=size), "test", device, training=False)
             evaluate(t.infer, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype)  # warm-up
             result = evaluate(t.infer, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype)
             runs[size].append(int(result.confusion.sum()) / result.seconds)

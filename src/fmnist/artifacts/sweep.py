@@ -137,7 +137,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def _stamp(rows: list[dict[str, Any]]) -> str:
-    """What the summary files are a function of: the rows and the code that renders them."""
+    """What the summary files are a function of: the rows, and the code that renders them as far as the package
+    version tells it apart."""
     text = json.dumps([__version__, rows], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
