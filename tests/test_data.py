@@ -167,6 +167,26 @@ def test_a_download_that_stalls_fails_instead_of_holding_the_others(tmp_path: Pa
     assert socket.getdefaulttimeout() is None  # the process's other sockets keep their default
 
 
+def test_a_download_names_what_failed_the_lock_or_the_files_it_fetched(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    """A lock file that cannot be made fails the download in its usual line; a fetched file that does not read
+    (a verified download that is still not what the reader expects) keeps its own line, not "download failed"."""
+    import dataclasses
+
+    from fmnist.data import sources
+
+    class Malformed:  # the download went through; reading what it fetched did not
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raise UserError("batches.meta is not CIFAR-10's meta file: no list of label names")
+
+    monkeypatch.setitem(sources.SOURCES, "mnist", dataclasses.replace(sources.SOURCES["mnist"], cls=Malformed))
+    with pytest.raises(UserError, match="^batches.meta is not CIFAR-10's meta file"):
+        sources.download("mnist", tmp_path / "data", announce=lambda line: None)
+    (tmp_path / "taken" / sources.DOWNLOAD_LOCK).mkdir(parents=True)
+    with pytest.raises(UserError, match=r"MNIST not found.*download failed \(could not write .*: Is a directory\)"):
+        sources.download("mnist", tmp_path / "taken", announce=lambda line: None)
+
+
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path, data_root: Path):
     shutil.copytree(data_root / "MNIST", tmp_path / "MNIST")
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")

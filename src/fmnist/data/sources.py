@@ -261,19 +261,27 @@ def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str
     """Download through torchvision (which verifies checksums) or explain where the files should be."""
     if not allowed:
         raise UserError(not_found(source.layout, root, "dataset.download=false"))
-    try:
-        # torchvision writes each file in place as it arrives, so processes that find the data missing at once
-        # (parallel sweep jobs, the ranks of a run, two commands) would truncate each other's files and fail
-        # their checksums: one fetches, the others wait for it here and then find the files.
-        with taking_turns(root / DOWNLOAD_LOCK):
-            if missing_files(source.layout, root):  # else fetched by the process this one waited for
-                announce(f"{source.title} not found under {root}: downloading it (checksums verified)")
+    # torchvision writes each file in place as it arrives, so processes that find the data missing at once
+    # (parallel sweep jobs, the ranks of a run, two commands) would truncate each other's files and fail
+    # their checksums: one fetches, the others wait for it here and then find the files.
+    with contextlib.ExitStack() as turn:
+        try:
+            turn.enter_context(taking_turns(root / DOWNLOAD_LOCK))
+        except UserError as exc:  # the lock file cannot be written: nor could the data be
+            raise _download_failed(source, root, exc) from None
+        if missing_files(source.layout, root):  # else fetched by the process this one waited for
+            announce(f"{source.title} not found under {root}: downloading it (checksums verified)")
+            try:
                 # Constructing the dataset with download=True fetches, verifies and unpacks every split.
                 with _sockets_time_out(STALL_SECONDS):
                     source.cls(str(root), train=True, download=True)
-    except (RuntimeError, URLError, OSError, UserError) as exc:  # UserError: the lock file cannot be written
-        raise UserError(not_found(source.layout, root, f"the download failed ({one_line(exc)})")) from None
+            except (RuntimeError, URLError, OSError) as exc:
+                raise _download_failed(source, root, exc) from None
     return root
+
+
+def _download_failed(source: Source, root: Path, exc: BaseException) -> UserError:
+    return UserError(not_found(source.layout, root, f"the download failed ({one_line(exc)})"))
 
 
 @contextlib.contextmanager
