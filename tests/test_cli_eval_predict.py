@@ -241,3 +241,32 @@ def test_an_out_dir_that_is_a_file_is_one_line(trained_run: Path, tmp_path: Path
                    if tool == "fmnist-eval" else "index=0", cwd=tmp_path, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "a file is in the way" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_check_before_torch_stops_at_the_first_run_it_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Without ckpt=, the early check only needs one run; choosing the latest walks them all, once, later.
+    best.pt without metrics.json beside it (a tracker's copy) is no run."""
+    from fmnist.artifacts import rundir
+
+    outputs = tmp_path / "outputs"
+    (outputs / "mlartifacts" / "1").mkdir(parents=True)
+    (outputs / "mlartifacts" / "1" / "best.pt").write_bytes(b"x")
+    with pytest.raises(rundir.UserError, match="no trained model found under .*outputs/"):
+        rundir.check_some_checkpoint((outputs,))
+    for run in ("a", "b"):
+        (outputs / run).mkdir()
+        (outputs / run / "best.pt").write_bytes(b"x")
+        (outputs / run / "metrics.json").write_text("{}")
+    walked = []
+    real_rglob = Path.rglob
+
+    def rglob(self: Path, pattern: str):
+        for path in real_rglob(self, pattern):
+            walked.append(path)
+            yield path
+
+    monkeypatch.setattr(Path, "rglob", rglob)
+    rundir.check_some_checkpoint((outputs,))
+    first = len(walked)
+    assert rundir.latest_checkpoint((outputs,)).parent.name in ("a", "b")
+    assert first < len(walked) - first == 3  # the check stopped at the first run; the choice saw all three files

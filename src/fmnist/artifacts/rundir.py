@@ -250,13 +250,28 @@ def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str]:
 
 def latest_checkpoint(search_dirs: tuple[Path, ...] = OUTPUT_DIRS) -> Path:
     """best.pt of the most recent training run under the output directories."""
-    # A run directory holds metrics.json beside best.pt (a tracker's copy of best.pt, in mlartifacts/, does not).
-    found = [p for d in search_dirs if d.is_dir() for p in d.rglob(BEST) if (p.parent / METRICS_JSON).is_file()]
+    found = list(_run_checkpoints(search_dirs))
     if not found:
-        where = " or ".join(f"{d}/" for d in search_dirs)
-        raise UserError(f"no trained model found under {where} (looked for {BEST}): train one with "
-                        f"fmnist-train, or pass ckpt=PATH")
+        raise _no_trained_model(search_dirs)
     return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def check_some_checkpoint(search_dirs: tuple[Path, ...] = OUTPUT_DIRS) -> None:
+    """"No trained model found" before any work, from the first run found: choosing the latest means a walk
+    of every run (0.2 s for 3,000 of them), made once, when the command reads the checkpoint."""
+    if next(_run_checkpoints(search_dirs), None) is None:
+        raise _no_trained_model(search_dirs)
+
+
+def _run_checkpoints(search_dirs: tuple[Path, ...]) -> Iterator[Path]:
+    # A run directory holds metrics.json beside best.pt (a tracker's copy of best.pt, in mlartifacts/, does not).
+    return (p for d in search_dirs if d.is_dir() for p in d.rglob(BEST) if (p.parent / METRICS_JSON).is_file())
+
+
+def _no_trained_model(search_dirs: tuple[Path, ...]) -> UserError:
+    where = " or ".join(f"{d}/" for d in search_dirs)
+    return UserError(f"no trained model found under {where} (looked for {BEST}): train one with fmnist-train, "
+                     f"or pass ckpt=PATH")
 
 
 def eval_dir(checkpoint: Path, split: str) -> Path:

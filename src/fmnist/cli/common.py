@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist.artifacts.atomic import check_dir_target, in_the_way
 from fmnist.artifacts.inputs import check_checkpoint_file, existing_file
-from fmnist.artifacts.rundir import latest_checkpoint
+from fmnist.artifacts.rundir import check_some_checkpoint
 from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
 from fmnist.errors import UserError
 
@@ -111,7 +111,7 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
     if settings.ckpt:
         check_checkpoint_file(settings.ckpt)
     else:
-        latest_checkpoint()  # "no trained model found" at once; restore() chooses among the runs found
+        check_some_checkpoint()  # "no trained model found" at once; restore() chooses among the runs found
     if isinstance(settings, PredictConfig) and settings.image is not None:
         existing_file(settings.image, "image")
     if settings.out_path:
