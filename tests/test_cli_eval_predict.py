@@ -247,11 +247,12 @@ def test_the_check_before_torch_stops_at_the_first_run_it_finds(tmp_path: Path, 
     """Without ckpt=, the early check only needs one run; choosing the latest walks them all, once, later.
     best.pt without metrics.json beside it (a tracker's copy) is no run."""
     from fmnist.artifacts import rundir
+    from fmnist.errors import UserError
 
     outputs = tmp_path / "outputs"
     (outputs / "mlartifacts" / "1").mkdir(parents=True)
     (outputs / "mlartifacts" / "1" / "best.pt").write_bytes(b"x")
-    with pytest.raises(rundir.UserError, match="no trained model found under .*outputs/"):
+    with pytest.raises(UserError, match="no trained model found under .*outputs/"):
         rundir.check_some_checkpoint((outputs,))
     for run in ("a", "b"):
         (outputs / run).mkdir()
