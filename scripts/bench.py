@@ -413,6 +413,19 @@ def sweep_rows(sweep: str, root: str, rounds: int) -> list[dict[str, object]]:
     return rows
 
 
+def kept_speed(rows: list[dict[str, object]]) -> dict[str, float]:
+    """Per model swept (else "all"): a job's seconds one at a time over its seconds side by side, the median over
+    jobs and rounds: the share of its speed alone that a job kept beside the others. With n jobs at once on n
+    cores, side by side gains where this is above 1/n; it is what the host's cores give each other."""
+    kept: dict[str, list[float]] = {}
+    for row in rows:
+        alone, beside = (row[label]["jobs_s"] for label, _ in SWEEP_CASES)  # type: ignore[index]
+        for job, seconds in alone.items():
+            model = next((o.partition("=")[2] for o in job.split() if o.startswith("model=")), "all")
+            kept.setdefault(model, []).append(seconds / beside[job])
+    return {model: median(shares) for model, shares in kept.items()}
+
+
 # ---- --eval: evaluation speed against eval_batch_size --------------------------------------------------
 
 EVAL_SIZES = "1000,500,256,128"
@@ -497,6 +510,9 @@ def main() -> int:
         print_table(["job (its own seconds, median of the rounds)", *(f"{label}:" for label, _ in SWEEP_CASES)],
                     [[job, *(f"{median(r[label]['jobs_s'][job] for r in rows):.1f}" for label, _ in SWEEP_CASES)]
                      for job in jobs])
+        kept = ", ".join(f"{model} {share:.2f}" for model, share in kept_speed(rows).items())
+        print(f"\nEach job's speed side by side as a share of its speed one at a time (median of jobs and rounds; "
+              f"{usable_cores()} jobs at once gain where it is above 1/{usable_cores()}): {kept}")
         if args.json:
             args.json.write_text(json.dumps({"machine": machine(), "sweep": args.sweep, "rounds": rows}, indent=2))
         return 0

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,9 @@ def test_sweep_mode_times_a_multirun_side_by_side_and_one_at_a_time(tmp_path: Pa
         assert sorted(rounds[0][case]["jobs_s"]) == ["optimizer.lr=0.001", "optimizer.lr=0.003"]
     assert f"| 1 | one at a time | {walls['one at a time']:.1f} | {walls['side by side']:.1f} |" in proc.stdout
     assert "median" in proc.stdout and "usable cores" in proc.stdout
+    kept = median(rounds[0]["one at a time"]["jobs_s"][job] / rounds[0]["side by side"]["jobs_s"][job]
+                  for job in rounds[0]["one at a time"]["jobs_s"])
+    assert proc.stdout.rstrip().endswith(f"): all {kept:.2f}")  # no model= swept: one group
 
 
 def test_eval_mode_measures_each_eval_batch_size_and_marks_the_default(tmp_path: Path, data_root: Path):
