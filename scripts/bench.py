@@ -419,7 +419,7 @@ def kept_speed(rows: list[dict[str, object]]) -> dict[str, float]:
     cores, side by side gains where this is above 1/n; it is what the host's cores give each other."""
     kept: dict[str, list[float]] = {}
     for row in rows:
-        alone, beside = (row[label]["jobs_s"] for label, _ in SWEEP_CASES)  # type: ignore[index]
+        alone, beside = row["one at a time"]["jobs_s"], row["side by side"]["jobs_s"]  # type: ignore[index]
         for job, seconds in alone.items():
             model = next((o.partition("=")[2] for o in job.split() if o.startswith("model=")), "all")
             kept.setdefault(model, []).append(seconds / beside[job])
