@@ -64,9 +64,9 @@ from fmnist.config import CONFIG_DIR, TrainConfig, train_config, usable_cores
 from fmnist.data.batches import Batches, TensorBatches, load_split, make_batches
 from fmnist.data.sources import open_dataset
 from fmnist.data.transforms import TTA, Normalize
-from fmnist.runtime import configure_threads, cpu_bf16_flag, cpu_identity, resolve_precision, synchronize
+from fmnist.runtime import configure_threads, cpu_bf16_flag, cpu_identity, synchronize
 from fmnist.train.loop import EpochStats, evaluate, train_epochs
-from fmnist.train.setup import Training, build_loss, build_model, build_training
+from fmnist.train.setup import Training, build_loss, build_model, build_training, training_precision
 from fmnist.train.step import make_step
 
 PAIRS = ("cnn:fashion", "mlp:fashion", "bn_cnn:mnist", "feedforward:cifar10")
@@ -101,7 +101,7 @@ def batches(cfg: TrainConfig, split: str, device: torch.device, training: bool) 
 def engine_epochs(cfg: TrainConfig, train: Batches, device: torch.device, epochs: int
                   ) -> tuple[Training, Iterator[EpochStats]]:
     """fmnist's own setup and epoch loop, as fmnist-train runs them: (the Training, an iterator of epochs)."""
-    dtype = resolve_precision(cfg.precision, device)
+    dtype = training_precision(cfg, device)
     t = build_training(cfg, device, dtype, len(train))
     runner = make_step(cfg.compile, t, train, device=device, dtype=dtype)
     return t, train_epochs(runner, train, 1, epochs)
@@ -223,7 +223,7 @@ def train_and_test(cfg: TrainConfig, device: torch.device, max_epochs: int, targ
     torch.manual_seed(cfg.seed)
     train, test = batches(cfg, "train", device, training=True), batches(cfg, "test", device, training=False)
     t, epochs = engine_epochs(cfg, train, device, max_epochs)
-    dtype = resolve_precision(cfg.precision, device)
+    dtype = training_precision(cfg, device)
     spent, acc = 0.0, 0.0
     for stats in epochs:
         spent += stats.seconds
@@ -249,7 +249,7 @@ def record_run(cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
         spent += stats.seconds
         if t.scheduler is not None and t.scheduler_interval == "epoch":
             t.scheduler.step()
-    dtype = resolve_precision(cfg.precision, device)
+    dtype = training_precision(cfg, device)
     acc = evaluate(t.model, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
                    tta=TTA(cfg.tta, cfg.dataset)).accuracy
     return spent, acc
@@ -436,7 +436,7 @@ def eval_rows(pair: str, root: str, device: torch.device, sizes: list[int], roun
     fmnist-eval run, with the model built as training builds it (untrained: the speed is the same)."""
     model, dataset = pair.split(":")
     cfg = config(model, dataset, root, device.type)
-    dtype = resolve_precision(cfg.precision, device)
+    dtype = training_precision(cfg, device)
     t = build_training(cfg, device, dtype, 1)
     runs: dict[int, list[float]] = {size: [] for size in sizes}
     for _ in range(rounds):

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose
+from helpers import compose, settings
 
 from fmnist import runtime
 from fmnist.config import validate
 from fmnist.errors import UserError
 from fmnist.runtime import resolve_device, resolve_precision
+from fmnist.train.setup import linear_step_macs, training_precision
 
 
 def test_default_config_is_valid():
@@ -63,6 +64,32 @@ def test_auto_device_and_precision_on_cpu(monkeypatch):
     assert runtime.bf16_flag("AuthenticAMD", {"avx2", "fma"}) is None  # Zen 3: ~8x slower in bf16
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("overrides", "macs"), [
+    (("model=mlp", "dataset=fashion"), 64 * (784 * 256 + 256 * 128 + 128 * 64 + 64 * 10)),  # 15.5 M
+    (("model=mlp", "dataset=fashion", "batch_size=512"), 512 * (784 * 256 + 256 * 128 + 128 * 64 + 64 * 10)),
+    (("model=feedforward", "dataset=fashion"), 64 * (784 * 1650 + 1650 * 512 + 512 * 138 + 138 * 10)),
+    (("model=mlp", "dataset=cifar10"), 64 * (3072 * 256 + 256 * 128 + 128 * 64 + 64 * 10)),
+    (("model=cnn", "dataset=fashion"), None),
+    (("model=bn_cnn", "dataset=mnist"), None),
+    (("model=speednet", "dataset=fashion"), None),
+])
+def test_auto_precision_on_amx_keeps_small_linear_steps_in_fp32(monkeypatch, overrides: tuple[str, ...],
+                                                                  macs: int | None):
+    """On a CPU with AMX a net of Linear layers trains in bf16 only where its step multiplies enough (the mlp at
+    batch 64 ran at 0.68x of fp32 there); conv nets always do. Elsewhere the size does not matter."""
+    cfg = settings(*overrides)
+    assert linear_step_macs(cfg) == macs
+    cpu = torch.device("cpu")
+    small = macs is not None and macs < runtime.AMX_MIN_LINEAR_STEP_MACS
+    monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda: "amx_bf16")
+    assert training_precision(cfg, cpu) is (torch.float32 if small else torch.bfloat16)
+    assert training_precision(cfg, cpu, "bf16") is torch.bfloat16  # asked for: never second-guessed
+    monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda: "avx512_bf16")  # Zen 4: the mlp gained 1.19x in bf16
+    assert training_precision(cfg, cpu) is torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda: None)
+    assert training_precision(cfg, cpu) is torch.float32
 
 
 def test_a_multirun_sizes_its_jobs_to_the_cpu_cores_and_runs_gpu_jobs_one_at_a_time():

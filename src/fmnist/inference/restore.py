@@ -21,8 +21,8 @@ from fmnist.data.layout import data_root
 from fmnist.errors import UserError, describe, one_line
 from fmnist.models import Classifier
 from fmnist.paths import user_path
-from fmnist.runtime import resolve_device, resolve_precision
-from fmnist.train.setup import build_model, config_from_checkpoint, in_memory_format
+from fmnist.runtime import resolve_device
+from fmnist.train.setup import build_model, config_from_checkpoint, in_memory_format, training_precision
 
 log = logging.getLogger("fmnist")
 
@@ -53,7 +53,7 @@ def restore(settings: InspectConfig) -> Restored:
     overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
     cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
     device = resolve_device(settings.device)
-    dtype = resolve_precision(settings.precision or cfg.precision, device)
+    dtype = training_precision(cfg, device, settings.precision)
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])

@@ -27,11 +27,11 @@ from fmnist.config import TrainConfig, check_world, lookup
 from fmnist.data.batches import Shard, load_split, make_batches
 from fmnist.data.transforms import TTA
 from fmnist.errors import Interrupted, UserError
-from fmnist.runtime import resolve_device, resolve_precision, seed_everything, show_progress
+from fmnist.runtime import resolve_device, seed_everything, show_progress
 from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
 from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
-from fmnist.train.setup import build_training
+from fmnist.train.setup import build_training, training_precision
 from fmnist.train.state import TrainState, resume_source, resume_state, resumed_config
 from fmnist.train.step import make_step
 from fmnist.world import World
@@ -93,7 +93,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     run.track(info, make_trackers(cfg.loggers, run.path) if world.main else Trackers(),
               int(resumed["epoch"]) if resumed is not None else 0)
     device = resolve_device(cfg.device, world.local_rank if ranks.distributed else None)
-    dtype = resolve_precision(cfg.precision, device)
+    dtype = training_precision(cfg, device)
     progress = show_progress(cfg.progress) and world.main
     seed_everything(cfg.seed)  # alike in every rank: DDP starts from rank 0's weights, the data order is shared
     shard = Shard(world.rank, world.size)

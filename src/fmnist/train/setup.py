@@ -22,6 +22,7 @@ from fmnist.artifacts.allowlist import check_stored_config
 from fmnist.config import TrainConfig, stored_train_config
 from fmnist.errors import UserError, one_line
 from fmnist.models import Classifier
+from fmnist.runtime import resolve_precision
 
 FUSED = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}
 CAPTURABLE = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.RMSprop"}
@@ -42,6 +43,36 @@ def _make(group: str, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
 def build_model(cfg: TrainConfig) -> Classifier:
     """The model named by cfg.model, sized from the dataset, with the output the loss expects."""
     return _make("model", cfg.model, log_probs=cfg.loss.get("_target_") in LOG_PROB_LOSSES)
+
+
+def linear_step_macs(cfg: TrainConfig) -> int | None:
+    """Multiply-adds of one training batch's forward pass where the model is made of Linear layers only (None
+    where it has a convolution), counted on the meta device: no memory, no arithmetic."""
+    macs = 0
+
+    def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal macs
+        macs += output.numel() * module.in_features
+
+    with torch.device("meta"):
+        model = build_model(cfg).eval()
+        if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules()):
+            return None
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.register_forward_hook(count)
+        size = cfg.dataset.image_size
+        try:
+            model(torch.empty(cfg.batch_size, cfg.dataset.channels, size, size))
+        except (RuntimeError, NotImplementedError):  # a model of the user's own that needs real numbers
+            return None
+    return macs
+
+
+def training_precision(cfg: TrainConfig, device: torch.device, precision: str | None = None) -> torch.dtype:
+    """The autocast dtype of this config's model on `device` (`precision` overrides the config's), chosen
+    alike for training, fmnist-eval and fmnist-predict, so that evaluation reproduces training's numbers."""
+    return resolve_precision(precision or cfg.precision, device, lambda: linear_step_macs(cfg))
 
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
