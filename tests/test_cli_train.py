@@ -185,6 +185,20 @@ def test_help_shows_groups_and_options(tmp_path: Path):
     assert out.index("== Config ==") < out.index("epochs: 10") < out.index("Tab completion")
 
 
+@pytest.mark.parametrize("tool", ["fmnist-eval", "fmnist-predict"])
+def test_eval_and_predict_offer_only_their_own_settings(tmp_path: Path, tool: str):
+    """conf/ holds the training groups too; eval and predict take the model and its training config from the
+    checkpoint, so their help lists no groups and choosing one is an error that says so."""
+    out = cli(tool, "--help", cwd=tmp_path).stdout
+    assert "ckpt: null" in out and "Configuration groups" not in out and "model:" not in out
+    for override in ("model=cnn", "optimizer.lr=0.1", "dataset.classes=[a,b]"):
+        proc = cli(tool, override, cwd=tmp_path, check=False)
+        key = override.partition("=")[0]
+        assert f"{key} is not a setting of {tool}: it comes from the checkpoint" in one_line_error(proc)
+    assert "did you mean" not in one_line_error(cli(tool, "modle=cnn", cwd=tmp_path, check=False))
+    assert not list(tmp_path.iterdir())
+
+
 def test_help_shows_the_config_its_overrides_compose(tmp_path: Path):
     out = cli("fmnist-train", "--help", "experiment=fashion_best", "epochs=7", cwd=tmp_path).stdout
     assert "epochs: 7" in out and "pool_before_norm: true" in out and "stem_stride: 1" in out
