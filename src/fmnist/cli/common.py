@@ -244,7 +244,6 @@ def _composition(exc: ConfigCompositionException, prog: str, config_name: str) -
             return (f"{key} is not a setting of {prog}: it comes from the checkpoint's training config "
                     f"({prog} --help lists the settings)")
         if key in _known_keys(config_name):  # e.g. optimizer.nesterov with optimizer=rmsprop
-            group = key.split(".")[0]
             return (f"{key} is not a setting of the {group} chosen (only of other {group} options): drop it, "
                     f"or choose an option that has it")
         hint = _closest(key, _known_keys(config_name))
