@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,24 @@ def test_auto_precision_on_amx_keeps_small_linear_steps_in_fp32(monkeypatch, ove
     assert training_precision(cfg, cpu) is torch.bfloat16
     monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda: None)
     assert training_precision(cfg, cpu) is torch.float32
+
+
+class NeedsRealNumbers(torch.nn.Module):
+    """A model of a user's own whose initialisation reads a value: it cannot be built on the meta device."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, log_probs: bool = False) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(in_channels * image_size * image_size, num_classes)
+        self.scale = float(self.fc.weight.abs().max().item())
+
+
+def test_a_model_that_cannot_be_sized_on_the_meta_device_keeps_the_default_precision(monkeypatch):
+    cfg = settings("model=mlp")
+    cfg = dataclasses.replace(cfg, model={"_target_": f"{__name__}.NeedsRealNumbers", "in_channels": 1,
+                                          "image_size": 28, "num_classes": 10})
+    assert linear_step_macs(cfg) is None
+    monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda: "amx_bf16")
+    assert training_precision(cfg, torch.device("cpu")) is torch.bfloat16
 
 
 def test_a_multirun_sizes_its_jobs_to_the_cpu_cores_and_runs_gpu_jobs_one_at_a_time():

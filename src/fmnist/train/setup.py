@@ -48,9 +48,14 @@ def build_model(cfg: TrainConfig) -> Classifier:
 def linear_step_macs(cfg: TrainConfig) -> int | None:
     """Multiply-adds of one training batch's forward pass where the model is made of Linear layers only (each
     layer's weights once per image; None where it has a convolution), sized on the meta device: no memory, and
-    no forward pass (a first one on the meta device imports sympy, 1.5 s)."""
-    with torch.device("meta"):
-        model = build_model(cfg)
+    no forward pass (a first one on the meta device imports sympy, 1.5 s). None too where the model cannot be
+    built there (a class of the user's own that needs real numbers to initialise): its size is then unknown,
+    and a config that cannot build at all is reported where the model is built for real."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    except UserError:
+        return None
     if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules()):
         return None
     return cfg.batch_size * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
