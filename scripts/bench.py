@@ -99,12 +99,13 @@ def batches(cfg: TrainConfig, split: str, device: torch.device, training: bool) 
 
 
 def engine_epochs(cfg: TrainConfig, train: Batches, device: torch.device, epochs: int
-                  ) -> tuple[Training, Iterator[EpochStats]]:
-    """fmnist's own setup and epoch loop, as fmnist-train runs them: (the Training, an iterator of epochs)."""
+                  ) -> tuple[Training, torch.dtype, Iterator[EpochStats]]:
+    """fmnist's own setup and epoch loop, as fmnist-train runs them: (the Training, its autocast dtype, an
+    iterator of epochs)."""
     dtype = training_precision(cfg, device)
     t = build_training(cfg, device, dtype, len(train))
     runner = make_step(cfg.compile, t, train, device=device, dtype=dtype)
-    return t, train_epochs(runner, train, 1, epochs)
+    return t, dtype, train_epochs(runner, train, 1, epochs)
 
 
 def tutorial_loop(cfg: TrainConfig, device: torch.device, samples: int, epochs: int = 1
@@ -158,7 +159,7 @@ def engine_throughput(cfg: TrainConfig, device: torch.device, samples: int) -> t
     images, labels = load_split(cfg.dataset, "train", cfg.seed)
     train = TensorBatches(images[:samples].to(device), labels[:samples].to(device), cfg.batch_size,
                           Normalize(cfg.dataset.mean, cfg.dataset.std, device), shuffle=True, seed=cfg.seed)
-    _, epochs = engine_epochs(cfg, train, device, 2)
+    _, _, epochs = engine_epochs(cfg, train, device, 2)
     first, second = list(epochs)
     return second.samples_per_s, first.seconds
 
@@ -222,8 +223,7 @@ def train_and_test(cfg: TrainConfig, device: torch.device, max_epochs: int, targ
     NaN when a target was given and not reached."""
     torch.manual_seed(cfg.seed)
     train, test = batches(cfg, "train", device, training=True), batches(cfg, "test", device, training=False)
-    t, epochs = engine_epochs(cfg, train, device, max_epochs)
-    dtype = training_precision(cfg, device)
+    t, dtype, epochs = engine_epochs(cfg, train, device, max_epochs)
     spent, acc = 0.0, 0.0
     for stats in epochs:
         spent += stats.seconds
@@ -243,13 +243,12 @@ def record_run(cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
     the preset's TTA, after the last epoch)."""
     torch.manual_seed(cfg.seed)
     train, test = batches(cfg, "train", device, training=True), batches(cfg, "test", device, training=False)
-    t, epochs = engine_epochs(cfg, train, device, cfg.epochs)
+    t, dtype, epochs = engine_epochs(cfg, train, device, cfg.epochs)
     spent = 0.0
     for stats in epochs:
         spent += stats.seconds
         if t.scheduler is not None and t.scheduler_interval == "epoch":
             t.scheduler.step()
-    dtype = training_precision(cfg, device)
     acc = evaluate(t.model, test, t.loss_fn, cfg.dataset.num_classes, device=device, dtype=dtype,
                    tta=TTA(cfg.tta, cfg.dataset)).accuracy
     return spent, acc
@@ -294,7 +293,7 @@ def worker(pair: str, root: str, seconds: float, threads: str) -> None:
     train = TensorBatches(images[:8192], labels[:8192], cfg.batch_size,
                           Normalize(cfg.dataset.mean, cfg.dataset.std, torch.device("cpu")), shuffle=True,
                           seed=cfg.seed)
-    _, epochs = engine_epochs(cfg, train, torch.device("cpu"), 1_000_000)
+    _, _, epochs = engine_epochs(cfg, train, torch.device("cpu"), 1_000_000)
     samples, spent = 0, 0.0
     for stats in epochs:
         if stats.epoch > 1:  # the first epoch is the warm-up
