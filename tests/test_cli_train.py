@@ -199,6 +199,22 @@ def test_eval_and_predict_offer_only_their_own_settings(tmp_path: Path, tool: st
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("tool", "own", "foreign"), [
+    ("fmnist-train", {"model=", "optimizer=", "epochs=", "dataset."}, set()),
+    ("fmnist-eval", {"ckpt=", "split=", "dataset."}, {"model=", "optimizer=", "dataset=", "logger="}),
+    ("fmnist-predict", {"ckpt=", "image=", "topk="}, {"model=", "scheduler=", "experiment="}),
+])
+def test_tab_completion_offers_each_command_its_own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             tool: str, own: set[str], foreign: set[str]):
+    """What `eval "$(TOOL -sc install=bash)"` asks on a tab: the training groups are folders of the config
+    directory the three commands share, yet only fmnist-train may choose them."""
+    monkeypatch.setenv("COMP_LINE", f"{tool} ")
+    words = set(cli(tool, "-sc", "query=bash", cwd=tmp_path).stdout.split())
+    assert own <= words and not foreign & words
+    monkeypatch.setenv("COMP_LINE", f"{tool} mo")
+    assert ("model=" in cli(tool, "-sc", "query=fish", cwd=tmp_path).stdout.split("\n")) == (tool == "fmnist-train")
+
+
 def test_help_shows_the_config_its_overrides_compose(tmp_path: Path):
     out = cli("fmnist-train", "--help", "experiment=fashion_best", "epochs=7", cwd=tmp_path).stdout
     assert "epochs: 7" in out and "pool_before_norm: true" in out and "stem_stride: 1" in out
