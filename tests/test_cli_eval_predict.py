@@ -19,6 +19,7 @@ from PIL import Image
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.config import stored_train_config
 from fmnist.data.batches import load_split
+from fmnist.runtime import in_hardware
 from fmnist.train.setup import build_model
 
 
@@ -57,6 +58,26 @@ def test_eval_table_and_json_agree_with_an_independent_count(trained_run: Path):
         assert_real_png(trained_run / "eval-test" / png)
     page = (trained_run / "eval-test" / "report.html").read_text()
     assert "test split" in page and "T-shirt/top" in page and 'href="../report.html"' in page
+
+
+def test_eval_computes_in_the_precision_training_recorded(trained_run: Path, tmp_path: Path):
+    """With precision=auto in the training config, fmnist-eval computes as training did (the checkpoint
+    records it) rather than as auto would choose on this CPU, so its accuracy is training's to the digit; a
+    precision this CPU has no hardware for falls back to auto's choice here."""
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    assert ckpt["precision"] == "fp32" and ckpt["config"]["precision"] == "fp32"
+    ckpt["config"]["precision"] = "auto"  # a conv net: auto alone would pick bf16 on a CPU with AMX
+    torch.save(ckpt, tmp_path / "fp32.pt")
+    proc = cli("fmnist-eval", f"ckpt={tmp_path / 'fp32.pt'}", f"out_dir={tmp_path / 'a'}", "progress=false",
+               cwd=tmp_path)
+    assert " on cpu in fp32" in proc.stdout and "matches the test accuracy recorded" in proc.stdout
+    assert json.loads((tmp_path / "a" / "eval.json").read_text())["precision"] == "fp32"
+    ckpt["precision"] = "bf16"  # as if trained on a machine with bf16 hardware
+    torch.save(ckpt, tmp_path / "bf16.pt")
+    proc = cli("fmnist-eval", f"ckpt={tmp_path / 'bf16.pt'}", f"out_dir={tmp_path / 'b'}", "progress=false",
+               cwd=tmp_path)
+    here = "bf16" if in_hardware(torch.bfloat16, torch.device("cpu")) else "fp32"
+    assert f" on cpu in {here}" in proc.stdout
 
 
 @pytest.mark.parametrize("tta", ["flip", "flip_translate"])

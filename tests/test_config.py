@@ -93,6 +93,21 @@ def test_auto_precision_on_amx_keeps_small_linear_steps_in_fp32(monkeypatch, ove
     assert training_precision(cfg, cpu) is torch.float32
 
 
+def test_auto_precision_keeps_a_checkpoints_own_where_the_hardware_computes_it(monkeypatch):
+    """Evaluating or resuming a checkpoint on another kind of machine (or after the rule changed) computes in
+    the precision training recorded, unless this device could only emulate it."""
+    cfg, cpu = settings("model=mlp", "dataset=fashion"), torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda: "amx_bf16")
+    assert training_precision(cfg, cpu) is torch.float32  # the rule alone, for a small Linear step on AMX
+    assert training_precision(cfg, cpu, trained="bf16") is torch.bfloat16  # e.g. trained on a Zen 4
+    assert training_precision(settings("model=cnn"), cpu, trained="fp32") is torch.float32
+    assert training_precision(cfg, cpu, "fp32", trained="bf16") is torch.float32  # asked for on the command line
+    monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda: None)  # bf16 emulated: ~8x slower on a Zen 3
+    assert training_precision(cfg, cpu, trained="bf16") is torch.float32
+    assert training_precision(cfg, cpu, trained="fp16") is torch.float32  # fp16 is CUDA's
+    assert [runtime.precision_name(d) for d in runtime.PRECISIONS.values()] == list(runtime.PRECISIONS)
+
+
 class NeedsRealNumbers(torch.nn.Module):
     """A model of a user's own whose initialisation reads a value: it cannot be built on the meta device."""
 

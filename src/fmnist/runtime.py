@@ -15,7 +15,7 @@ from fmnist.config import usable_cores
 from fmnist.cpu_share import SHARE
 from fmnist.errors import UserError
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -97,12 +97,19 @@ AMX_MIN_LINEAR_STEP_MACS = 80_000_000
 
 
 def resolve_precision(precision: str, device: torch.device,
-                      linear_step_macs: Callable[[], int | None] | None = None) -> torch.dtype:
+                      linear_step_macs: Callable[[], int | None] | None = None, trained: str | None = None
+                      ) -> torch.dtype:
     """The autocast dtype: by default bf16 where it is fast (CUDA; a CPU with AMX, or an AMD one with AVX-512
     BF16), fp32 elsewhere. `linear_step_macs()`: a training step's forward multiply-adds where the model is made
     of Linear layers only (None for one with convolutions): on a CPU with AMX such a step smaller than
-    AMX_MIN_LINEAR_STEP_MACS stays in fp32, where autocast's casts cost more than AMX gains."""
+    AMX_MIN_LINEAR_STEP_MACS stays in fp32, where autocast's casts cost more than AMX gains.
+
+    `trained`: the precision a checkpoint's model was trained in ("bf16"). auto keeps it wherever `device`
+    computes it in hardware, so that evaluating a checkpoint, or resuming its run, on another kind of machine
+    (or under another fmnist version's rule) computes as training did and reproduces its numbers."""
     if precision == "auto":
+        if trained is not None and in_hardware(PRECISIONS[trained], device):
+            return PRECISIONS[trained]
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         flag = cpu_bf16_flag() if device.type == "cpu" else None
@@ -111,10 +118,25 @@ def resolve_precision(precision: str, device: torch.device,
             if macs is not None and macs < AMX_MIN_LINEAR_STEP_MACS:
                 return torch.float32
         return torch.bfloat16 if flag else torch.float32
-    dtype = _DTYPES[precision]
+    dtype = PRECISIONS[precision]
     if dtype is torch.float16 and device.type != "cuda":
         raise UserError(f"precision=fp16 needs a CUDA device (device is {device}); use fp32 or bf16")
     return dtype
+
+
+def in_hardware(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `device` computes `dtype` at speed rather than by emulation: fp32 anywhere, bf16 on CUDA GPUs that
+    support it and on CPUs with cpu_bf16_flag(), fp16 on CUDA."""
+    if dtype is torch.float32:
+        return True
+    if device.type == "cuda":
+        return dtype is torch.float16 or torch.cuda.is_bf16_supported()
+    return dtype is torch.bfloat16 and device.type == "cpu" and cpu_bf16_flag() is not None
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The `precision=` value of an autocast dtype (what checkpoints record)."""
+    return next(name for name, d in PRECISIONS.items() if d is dtype)
 
 
 def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True) -> contextlib.AbstractContextManager[Any]:

@@ -21,6 +21,7 @@ from fmnist import __version__
 from fmnist.artifacts.atomic import write_atomically
 from fmnist.artifacts.inputs import check_checkpoint_file
 from fmnist.errors import UserError, describe, one_line
+from fmnist.runtime import PRECISIONS
 
 FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1
@@ -101,3 +102,5 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     choices = ckpt.get("choices", {})
     if not isinstance(choices, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in choices.items()):
         raise bad("choices", "a mapping of config group names")
+    if ckpt.get("precision", "fp32") not in PRECISIONS:  # absent from checkpoints written before fmnist recorded it
+        raise bad("precision", f"one of {', '.join(PRECISIONS)}")

@@ -93,7 +93,7 @@ def eval_page(summary: dict[str, Any], out_dir: Path, *, name: str, command: str
         checkpoint=summary["checkpoint"], split=summary["split"], tta=summary.get("tta"),
         accuracy=summary["accuracy"], macro_f1=summary["macro_f1"], loss=summary["loss"], samples=summary["samples"],
         recorded=summary.get("recorded_test_accuracy") if summary["split"] == "test" else None,
-        classes=summary["classes"], device=summary.get("device"), run_page=run_link,
+        classes=summary["classes"], device=summary.get("device"), precision=summary.get("precision"), run_page=run_link,
         images={"per_class": embed(out_dir / PER_CLASS), "confusion": embed(out_dir / CONFUSION),
                 "misclassified": embed(out_dir / MISCLASSIFIED)})
 

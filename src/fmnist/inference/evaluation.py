@@ -17,7 +17,7 @@ from fmnist.config import EvalConfig
 from fmnist.data.batches import load_split, make_batches
 from fmnist.data.transforms import TTA
 from fmnist.inference.restore import restore, say_where_the_data_is
-from fmnist.runtime import show_progress
+from fmnist.runtime import precision_name, show_progress
 from fmnist.train.loop import evaluate
 from fmnist.train.setup import build_loss
 
@@ -43,6 +43,7 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
         "split": split,
         "tta": tta,
         "device": str(r.device),
+        "precision": precision_name(r.dtype),
         "loss": result.loss,
         **report,
         "confusion_matrix": result.confusion.tolist(),
@@ -51,7 +52,7 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     text = json.dumps(summary, indent=2) + "\n"
     write_atomically(out_dir / EVAL_JSON, lambda tmp: tmp.write_text(text))
 
-    print(f"{r.title} | {r.path} | split {split} ({result.samples} images) on {r.device}")
+    print(f"{r.title} | {r.path} | split {split} ({result.samples} images) on {r.device} in {precision_name(r.dtype)}")
     print(format_report(report, loss=result.loss))
     if split == "test" and recorded is not None:
         same = "matches" if recorded == result.accuracy else "DIFFERS FROM"

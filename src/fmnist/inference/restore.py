@@ -53,7 +53,7 @@ def restore(settings: InspectConfig) -> Restored:
     overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
     cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
     device = resolve_device(settings.device)
-    dtype = training_precision(cfg, device, settings.precision)
+    dtype = training_precision(cfg, device, settings.precision, ckpt.get("precision"))
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])

@@ -93,7 +93,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     run.track(info, make_trackers(cfg.loggers, run.path) if world.main else Trackers(),
               int(resumed["epoch"]) if resumed is not None else 0)
     device = resolve_device(cfg.device, world.local_rank if ranks.distributed else None)
-    dtype = training_precision(cfg, device)
+    dtype = training_precision(cfg, device, trained=resumed.get("precision") if resumed is not None else None)
     progress = show_progress(cfg.progress) and world.main
     seed_everything(cfg.seed)  # alike in every rank: DDP starts from rank 0's weights, the data order is shared
     shard = Shard(world.rank, world.size)

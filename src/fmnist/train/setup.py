@@ -61,10 +61,12 @@ def linear_step_macs(cfg: TrainConfig) -> int | None:
     return cfg.batch_size * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
 
 
-def training_precision(cfg: TrainConfig, device: torch.device, precision: str | None = None) -> torch.dtype:
+def training_precision(cfg: TrainConfig, device: torch.device, precision: str | None = None,
+                       trained: str | None = None) -> torch.dtype:
     """The autocast dtype of this config's model on `device` (`precision` overrides the config's), chosen
-    alike for training, fmnist-eval and fmnist-predict, so that evaluation reproduces training's numbers."""
-    return resolve_precision(precision or cfg.precision, device, lambda: linear_step_macs(cfg))
+    alike for training, fmnist-eval and fmnist-predict, so that evaluation reproduces training's numbers;
+    `trained`: what the checkpoint recorded that training computed in, kept where this device can."""
+    return resolve_precision(precision or cfg.precision, device, lambda: linear_step_macs(cfg), trained)
 
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
@@ -140,6 +142,7 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     scheduler_interval: str  # "epoch" or "step"
     scaler: torch.amp.GradScaler | None  # fp16 loss scaling
+    dtype: torch.dtype  # autocast's: checkpoints record it, so that evaluation and a resumed run compute alike
 
     def state_dicts(self) -> dict[str, Any]:
         """What a checkpoint keeps of these objects to continue exactly."""
@@ -173,7 +176,7 @@ def build_training(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, s
     optimizer = build_optimizer(cfg, model.parameters(), device)
     scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
-    return Training(model, net, infer, build_loss(cfg).to(device), optimizer, scheduler, interval, scaler)
+    return Training(model, net, infer, build_loss(cfg).to(device), optimizer, scheduler, interval, scaler, dtype)
 
 
 def check_weights_fit(cfg: TrainConfig, weights: dict[str, torch.Tensor], source: str) -> None:

@@ -20,6 +20,7 @@ from fmnist.config import TrainConfig, lookup
 from fmnist.data.batches import Batches
 from fmnist.errors import UserError, one_line
 from fmnist.paths import user_path
+from fmnist.runtime import precision_name
 from fmnist.train.loop import EpochStats
 from fmnist.train.setup import Training, config_from_checkpoint
 
@@ -64,6 +65,7 @@ class TrainState:
             "config": cfg.resolved,
             "choices": choices,
             "class_names": list(cfg.dataset.classes),
+            "precision": precision_name(training.dtype),
             "metrics": {"history": self.history, **self.summary(status)},
             "rng": rng_state(),
         }
