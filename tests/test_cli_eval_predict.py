@@ -78,6 +78,12 @@ def test_eval_computes_in_the_precision_training_recorded(trained_run: Path, tmp
                cwd=tmp_path)
     here = "bf16" if in_hardware(torch.bfloat16, torch.device("cpu")) else "fp32"
     assert f" on cpu in {here}" in proc.stdout
+    ckpt["precision"], ckpt["metrics"]["test"]["accuracy"] = "fp32", 0.01  # a recorded accuracy that differs
+    torch.save(ckpt, tmp_path / "differs.pt")
+    for precision, why in (("bf16", " (trained in fp32, evaluated in bf16)"), ("fp32", "")):
+        proc = cli("fmnist-eval", f"ckpt={tmp_path / 'differs.pt'}", f"precision={precision}",
+                   f"out_dir={tmp_path / precision}", "progress=false", cwd=tmp_path)
+        assert f"DIFFERS FROM the test accuracy recorded at training time (1.00%){why}\n" in proc.stdout
 
 
 @pytest.mark.parametrize("tta", ["flip", "flip_translate"])

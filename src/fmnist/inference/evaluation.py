@@ -56,7 +56,10 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     print(format_report(report, loss=result.loss))
     if split == "test" and recorded is not None:
         same = "matches" if recorded == result.accuracy else "DIFFERS FROM"
-        print(f"{same} the test accuracy recorded at training time ({recorded:.2%})")
+        trained, here = r.ckpt.get("precision"), precision_name(r.dtype)
+        why = f" (trained in {trained}, evaluated in {here})" if same != "matches" and trained not in (None, here) \
+            else ""
+        print(f"{same} the test accuracy recorded at training time ({recorded:.2%}){why}")
 
     title = f"{r.title}, {split} split"
     plot_per_class(report, out_dir / PER_CLASS, title=f"{title}: per-class accuracy")
