@@ -26,6 +26,8 @@ def test_train_writes_every_artifact(trained_run: Path):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
     assert metrics["test"]["samples"] == 100 and 0.5 < metrics["test"]["accuracy"] <= 1.0
+    assert (metrics["device"], metrics["precision"]) == ("cpu", "fp32")  # trained_run asks for fp32
+    assert "trained on cpu in fp32" in (trained_run / "report.html").read_text()
     rows = list(csv.DictReader((trained_run / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[-1]["val_acc"]) > 0.3
     for png in ("curves.png", "confusion_matrix.png"):
@@ -240,3 +242,4 @@ def test_bf16_autocast_on_the_cpu(tmp_path: Path):
     assert "bfloat16" in proc.stdout + proc.stderr
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5
+    assert metrics["precision"] == "bf16" == load_checkpoint(tmp_path / "r" / "best.pt")["precision"]

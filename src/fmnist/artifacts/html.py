@@ -71,6 +71,7 @@ def run_page(metrics: dict[str, Any], run_dir: Path, *, name: str, config: dict[
         status=str(metrics.get("status", "unknown")), error=metrics.get("error"), test=test,
         best_val_acc=metrics.get("best_val_acc"), best_epoch=metrics.get("best_epoch"), epochs=config.get("epochs"),
         seconds=metrics.get("seconds"), train_seconds=sum(r.get("seconds") or 0 for r in history),
+        device=metrics.get("device"), precision=metrics.get("precision"),
         history=history, command=command,
         config_yaml=yaml.safe_dump(config, sort_keys=False, allow_unicode=True) if config else "(not recorded)",
         images={"curves": embed(run_dir / CURVES), "confusion": embed(run_dir / CONFUSION),

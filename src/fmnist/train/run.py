@@ -27,7 +27,7 @@ from fmnist.config import TrainConfig, check_world, lookup
 from fmnist.data.batches import Shard, load_split, make_batches
 from fmnist.data.transforms import TTA
 from fmnist.errors import Interrupted, UserError
-from fmnist.runtime import resolve_device, seed_everything, show_progress
+from fmnist.runtime import precision_name, resolve_device, seed_everything, show_progress
 from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
 from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
@@ -94,6 +94,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
               int(resumed["epoch"]) if resumed is not None else 0)
     device = resolve_device(cfg.device, world.local_rank if ranks.distributed else None)
     dtype = training_precision(cfg, device, trained=resumed.get("precision") if resumed is not None else None)
+    trained_on = {"device": str(device), "precision": precision_name(dtype)}  # what auto chose, for metrics.json
     progress = show_progress(cfg.progress) and world.main
     seed_everything(cfg.seed)  # alike in every rank: DDP starts from rank 0's weights, the data order is shared
     shard = Shard(world.rank, world.size)
@@ -137,7 +138,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
                 if improved:
                     run.save_best(checkpoint("running"))
                 run.save_last(checkpoint("running"))
-                run.write_history(state.history, state.summary("running"))
+                run.write_history(state.history, {**state.summary("running"), **trained_on})
                 _log_epoch(cfg, row, improved)
                 if ranks.any(bool(stop)):
                     raise _interrupted(stop, run, f"the end of epoch {train.epoch}")
@@ -158,7 +159,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
                       _mistakes(cfg, result) if keep_probs and world.main else None)
     best["metrics"].update(test=test, status="completed")
     run.save_best(best)
-    summary = {**state.summary("completed"), "test": test, "seconds": time.perf_counter() - started}
+    summary = {**state.summary("completed"), **trained_on, "test": test, "seconds": time.perf_counter() - started}
     run.write_history(state.history, summary)
     run.finish("completed")
     return RunResult(run.path, state.best_epoch, state.best_val_acc, test, summary["seconds"])
