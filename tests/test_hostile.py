@@ -155,6 +155,7 @@ WRONG_FIELDS = [
     ("mathtext-in-config", _set("config.dataset.classes", ["$\\x{$"] * 10), "dataset.classes"),
     ("epoch-wrong", _set("epoch", "one"), "field 'epoch'"),
     ("precision-unknown", _set("precision", "int8"), "field 'precision'"),
+    ("precision-unhashable", _set("precision", ["bf16"]), "field 'precision'"),
     ("format-version", _set("format_version", 99), "format 99"),
     ("huge-model", _set("config.model.hidden", [65536, 65536]), "do not fit"),
     ("weights-shape", lambda ckpt: ckpt["model"].update({k: torch.zeros(1) for k in list(ckpt["model"])[:1]}),

@@ -102,5 +102,6 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     choices = ckpt.get("choices", {})
     if not isinstance(choices, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in choices.items()):
         raise bad("choices", "a mapping of config group names")
-    if ckpt.get("precision", "fp32") not in PRECISIONS:  # absent from checkpoints written before fmnist recorded it
+    precision = ckpt.get("precision", "fp32")  # absent from checkpoints written before fmnist recorded it
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise bad("precision", f"one of {', '.join(PRECISIONS)}")

@@ -38,12 +38,13 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     report = class_report(result.confusion, r.class_names)
     recorded = (r.ckpt["metrics"].get("test") or {}).get("accuracy")
     out_dir = ensure_dir(settings.out_path or eval_dir(r.path, split))
+    precision = precision_name(r.dtype)
     summary = {
         "checkpoint": str(r.path),
         "split": split,
         "tta": tta,
         "device": str(r.device),
-        "precision": precision_name(r.dtype),
+        "precision": precision,
         "loss": result.loss,
         **report,
         "confusion_matrix": result.confusion.tolist(),
@@ -52,13 +53,13 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     text = json.dumps(summary, indent=2) + "\n"
     write_atomically(out_dir / EVAL_JSON, lambda tmp: tmp.write_text(text))
 
-    print(f"{r.title} | {r.path} | split {split} ({result.samples} images) on {r.device} in {precision_name(r.dtype)}")
+    print(f"{r.title} | {r.path} | split {split} ({result.samples} images) on {r.device} in {precision}")
     print(format_report(report, loss=result.loss))
     if split == "test" and recorded is not None:
         same = "matches" if recorded == result.accuracy else "DIFFERS FROM"
-        trained, here = r.ckpt.get("precision"), precision_name(r.dtype)
-        why = f" (trained in {trained}, evaluated in {here})" if same != "matches" and trained not in (None, here) \
-            else ""
+        trained = r.ckpt.get("precision")
+        why = f" (trained in {trained}, evaluated in {precision})" if same != "matches" and trained not in (
+            None, precision) else ""
         print(f"{same} the test accuracy recorded at training time ({recorded:.2%}){why}")
 
     title = f"{r.title}, {split} split"
