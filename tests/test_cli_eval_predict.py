@@ -68,20 +68,20 @@ def test_eval_computes_in_the_precision_training_recorded(trained_run: Path, tmp
     assert ckpt["precision"] == "fp32" and ckpt["config"]["precision"] == "fp32"
     ckpt["config"]["precision"] = "auto"  # a conv net: auto alone would pick bf16 on a CPU with AMX
     torch.save(ckpt, tmp_path / "fp32.pt")
-    proc = cli("fmnist-eval", f"ckpt={tmp_path / 'fp32.pt'}", f"out_dir={tmp_path / 'a'}", "progress=false",
-               cwd=tmp_path)
+    proc = cli("fmnist-eval", f"ckpt={tmp_path / 'fp32.pt'}", f"out_dir={tmp_path / 'a'}", "device=cpu",
+               "progress=false", cwd=tmp_path)
     assert " on cpu in fp32" in proc.stdout and "matches the test accuracy recorded" in proc.stdout
     assert json.loads((tmp_path / "a" / "eval.json").read_text())["precision"] == "fp32"
     ckpt["precision"] = "bf16"  # as if trained on a machine with bf16 hardware
     torch.save(ckpt, tmp_path / "bf16.pt")
-    proc = cli("fmnist-eval", f"ckpt={tmp_path / 'bf16.pt'}", f"out_dir={tmp_path / 'b'}", "progress=false",
-               cwd=tmp_path)
+    proc = cli("fmnist-eval", f"ckpt={tmp_path / 'bf16.pt'}", f"out_dir={tmp_path / 'b'}", "device=cpu",
+               "progress=false", cwd=tmp_path)
     here = "bf16" if in_hardware(torch.bfloat16, torch.device("cpu")) else "fp32"
     assert f" on cpu in {here}" in proc.stdout
     ckpt["precision"], ckpt["metrics"]["test"]["accuracy"] = "fp32", 0.01  # a recorded accuracy that differs
     torch.save(ckpt, tmp_path / "differs.pt")
     for precision, why in (("bf16", " (trained in fp32, evaluated in bf16)"), ("fp32", "")):
-        proc = cli("fmnist-eval", f"ckpt={tmp_path / 'differs.pt'}", f"precision={precision}",
+        proc = cli("fmnist-eval", f"ckpt={tmp_path / 'differs.pt'}", f"precision={precision}", "device=cpu",
                    f"out_dir={tmp_path / precision}", "progress=false", cwd=tmp_path)
         assert f"DIFFERS FROM the test accuracy recorded at training time (1.00%){why}\n" in proc.stdout
 
