@@ -304,6 +304,40 @@ def test_ctrl_c_during_a_sweep_leaves_a_summary_of_what_finished(tmp_path: Path,
     assert not (tmp_path / "sweep" / "3" / "last.pt").exists()
 
 
+def _loky_workers(parent: int) -> list[int]:
+    """The process ids of joblib's worker processes that `parent` started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"popen_loky_posix" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_ctrl_c_while_the_workers_start_stops_the_sweep_in_one_line(tmp_path: Path):
+    """A terminal's Ctrl-C in the seconds the workers of a parallel sweep spend importing, before their jobs
+    ignore SIGINT: no job starts, the summary says so and the sweep exits 130, with no traceback from any
+    process (the workers start with SIGINT ignored: train/interrupt.py)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([console_script("fmnist-train"), "--multirun", *PARALLEL, "model=mlp", "dataset=mnist",
+                             "optimizer.lr=1e-3,2e-3", *FAST, "hydra.sweep.dir=sweep"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and len(_loky_workers(proc.pid)) < 2:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the workers import joblib for a second or more before anything of fmnist runs there
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err + out, err
+    assert {r["status"] for r in summary(tmp_path / "sweep")} == {"not started"}, out + err
+
+
 @needs_plugin("submitit_launcher", "cluster")
 def test_submitit_local_sweep_writes_its_jobs_and_the_summary(tmp_path: Path):
     """Hydra's submitit launcher (the SLURM preset's local twin) runs each job as its own submitted process."""

@@ -291,8 +291,8 @@ def leave_ctrl_c_to_the_sweep() -> None:
     """In a worker process of a parallel sweep: ignore SIGINT outside training (training's StopRequest still
     takes it). Ctrl-C in a terminal reaches every process of the sweep, and a worker that is idle or
     starting a job would die of it, taking the sweep down with a traceback; the sweep's own process tells
-    the jobs through the stop file instead (train/interrupt.py ParallelStop). A worker still booting (before
-    its first job gets here) is the one gap: a Ctrl-C then ends the sweep at once, in one line."""
+    the jobs through the stop file instead (train/interrupt.py ParallelStop), which also starts the workers
+    with SIGINT ignored, for the seconds before their first job gets here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

@@ -82,6 +82,7 @@ class ParallelStop:
         stop_file(sweep_dir).unlink(missing_ok=True)  # an earlier sweep's, in a sweep directory used again
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
+        _workers_start_deaf_to_ctrl_c()
 
     @property
     def exit_code(self) -> int | None:
@@ -99,3 +100,33 @@ class ParallelStop:
             return
         log.warning("%s: stopping the sweep: running jobs save last.pt, jobs not started yet are skipped "
                     "(send it again to quit at once)", name)
+
+
+def _workers_start_deaf_to_ctrl_c() -> None:
+    """Start the sweep's worker processes with SIGINT ignored: a signal ignored across exec stays ignored in the
+    new Python, which then never turns a Ctrl-C into KeyboardInterrupt. Ctrl-C in a terminal reaches every
+    process of the sweep; a worker still importing (its first seconds, before its job ignores SIGINT itself)
+    died of it with a traceback, and joblib then ended the sweep with another (TerminatedWorkerError). This
+    process tells the jobs to stop through the stop file instead. loky starts workers through its `fork_exec`,
+    looked up at each start, so that is where the disposition is set around the fork; a Ctrl-C inside that
+    sub-millisecond window is ignored and can be sent again. Only from the main thread (where Python allows
+    it): loky's rare restarts of a worker from its own thread start it as before."""
+    try:
+        from joblib.externals.loky.backend import fork_exec as module
+    except ImportError:  # another joblib: workers start as before
+        return
+    start = module.fork_exec
+    if getattr(start, "deaf_to_ctrl_c", False) or signal.getsignal(signal.SIGINT) is None:
+        return
+
+    def fork_exec(*args: object, **kwargs: object) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return start(*args, **kwargs)
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return start(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGINT, handler)
+
+    fork_exec.deaf_to_ctrl_c = True  # type: ignore[attr-defined]
+    module.fork_exec = fork_exec
