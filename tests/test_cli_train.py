@@ -198,6 +198,7 @@ def test_eval_and_predict_offer_only_their_own_settings(tmp_path: Path, tool: st
         key = override.partition("=")[0]
         assert f"{key} is not a setting of {tool}: it comes from the checkpoint" in one_line_error(proc)
     assert "did you mean" not in one_line_error(cli(tool, "modle=cnn", cwd=tmp_path, check=False))
+    assert "is not a config key" in one_line_error(cli(tool, "hydra.no_such_key=1", cwd=tmp_path, check=False))
     assert not list(tmp_path.iterdir())
 
 

@@ -221,7 +221,7 @@ def _own_completions(words: str, config_name: str) -> str:
     """Hydra's tab completions without the groups of the other entry points: its completion offers every folder
     of the config directory, which the three commands share, so fmnist-eval offered model= and optimizer=, which
     it takes from the checkpoint. Keys (dataset.root) stay; bash's words are one line, fish's one per line."""
-    foreign = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()} - _app_groups(config_name) - {"hydra"}
+    foreign = _other_apps_groups(config_name)
 
     def own(word: str) -> bool:
         group = re.match(r"[+~]?([\w-]+)[=/]", word)
@@ -266,7 +266,7 @@ def _composition(exc: ConfigCompositionException, prog: str, config_name: str) -
     if found and "Could not override" in text:
         key = found.group(1)
         group = key.split(".")[0]
-        if group not in _app_groups(config_name) and (Path(CONFIG_DIR) / group).is_dir():  # eval's model=cnn
+        if group in _other_apps_groups(config_name):  # eval's model=cnn
             return (f"{key} is not a setting of {prog}: it comes from the checkpoint's training config "
                     f"({prog} --help lists the settings)")
         if key in _known_keys(config_name):  # e.g. optimizer.nesterov with optimizer=rmsprop
@@ -293,6 +293,13 @@ def _app_groups(config_name: str) -> frozenset[str]:
     predict: none), never Hydra's own."""
     entries = [e for e in _primary(config_name).get("defaults", []) if isinstance(e, dict)]
     return frozenset(k for e in entries for k in e if not k.startswith(("override ", "hydra")))
+
+
+@cache
+def _other_apps_groups(config_name: str) -> frozenset[str]:
+    """The config groups in conf/ that another entry point chooses from, not this one (eval: model, optimizer,
+    ...; train: none). Hydra's own (hydra/) belong to every app."""
+    return frozenset(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()) - _app_groups(config_name) - {"hydra"}
 
 
 @cache
