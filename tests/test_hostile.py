@@ -327,6 +327,21 @@ def test_a_non_image_file_is_refused(trained_run: Path, tmp_path: Path):
     one_line_refusal(proc, "is not an image")
 
 
+def test_a_postscript_file_named_png_is_never_run(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Pillow would recognise EPS by its content and render it with Ghostscript (here a stand-in `gs` on the PATH
+    that only notes it was run): a program from the file's author."""
+    bin_dir, ran = tmp_path / "bin", tmp_path / "gs-ran"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(f'#!/bin/sh\necho "$@" >> {ran}\n')
+    (bin_dir / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    scan = tmp_path / "scan.png"
+    scan.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n%%EndComments\nshowpage\n")
+    proc = cli("fmnist-predict", f"ckpt={trained_run / 'best.pt'}", f"image={scan}", cwd=tmp_path, check=False)
+    assert not ran.exists(), f"gs {ran.read_text()}"
+    one_line_refusal(proc, "is not an image that can be read", "reads PNG, JPEG")
+
+
 def test_a_16_bit_png_is_scaled_not_clipped(tmp_path: Path):
     import numpy as np
     from PIL import Image

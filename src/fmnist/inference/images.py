@@ -13,17 +13,21 @@ from fmnist.errors import UserError
 
 # A photo from a phone is 12-50 Mpx; a header claiming more is a decompression bomb, refused before decoding.
 MAX_PIXELS = 64_000_000
+# The formats Pillow decodes itself. Left to itself it tries every plugin on a file's content, whatever its name,
+# and opens EPS by running Ghostscript over it: PostScript is a program, and a picture from elsewhere is data.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+READ = "PNG, JPEG, BMP, GIF, TIFF, WebP and PBM/PGM/PPM"
 
 
 def load_image_file(path: str | Path, channels: int, size: int, invert: bool | str = "auto") -> torch.Tensor:
-    """Read any PNG/JPEG into a uint8 tensor (channels, size, size).
+    """Read a picture in one of FORMATS into a uint8 tensor (channels, size, size).
 
     The image is scaled so its longer side fits, then centred on its own background colour. For
     grayscale models, `invert="auto"` flips a dark-on-light photo into the light-on-dark look of MNIST.
     """
     path = existing_file(path, "image")
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=FORMATS) as img:
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise UserError(f"{path} claims {w}x{h} pixels, more than {MAX_PIXELS:,}: refusing to decode it")
@@ -33,7 +37,8 @@ def load_image_file(path: str | Path, channels: int, size: int, invert: bool | s
     except Image.DecompressionBombError:  # Pillow's own bound, checked when it opens the header
         raise UserError(f"{path} claims more than {MAX_PIXELS:,} pixels: refusing to decode it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"{path} is not an image that can be read ({type(exc).__name__})") from None
+        raise UserError(f"{path} is not an image that can be read ({type(exc).__name__}); fmnist-predict reads "
+                        f"{READ}") from None
     w, h = img.size
     scale = size / max(w, h)
     img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
