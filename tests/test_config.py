@@ -165,6 +165,13 @@ def test_a_sweep_asks_torch_for_a_gpu_only_where_a_gpu_driver_is_present(tmp_pat
     assert config._has_accelerator()
 
 
+def test_a_one_cycle_schedule_lasts_the_run():
+    validate(compose("scheduler=onecycle", "epochs=3"))  # its epochs follow the run's
+    validate(compose("scheduler=onecycle", "epochs=3", "scheduler.epochs=5"))  # ending partway through the cycle
+    with pytest.raises(UserError, match=r"epochs=3 runs past the end of the one-cycle schedule \(scheduler.epochs=2\)"):
+        validate(compose("scheduler=onecycle", "epochs=3", "scheduler.epochs=2"))
+
+
 def test_cudagraph_rules():
     with pytest.raises(UserError, match="fixed learning rate"):
         validate(compose("compile=cudagraph", "scheduler=cosine"))
@@ -271,6 +278,11 @@ BAD_VALUES = {
     "scheduler.interval": ["batch", 1],
     "scheduler.step_size": [0, HUGE, "3"],
     "scheduler.gamma": [0.0, 1.5, NAN],
+    "scheduler.T_max": [0, -1, 1.5, HUGE],
+    "scheduler.eta_min": [-1.0, NAN, INF, "abc"],
+    "scheduler.max_lr": [0.0, -3.0, NAN, INF],
+    "scheduler.epochs": [0, 1.5, "3"],
+    "scheduler.pct_start": [-0.1, 1.0, 2, NAN],
     "loss.label_smoothing": [1.0, -0.1, NAN, INF],
     "logger": ["tensorboard", {"wandb": {}}, 5],
     "logger.tensorboard.log_dir": [5, ["a"]],

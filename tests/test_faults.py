@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, console_script
+from helpers import cli, console_script, settings
 
 from fmnist.artifacts import atomic, inputs
 from fmnist.artifacts import checkpoint as checkpoint_module
@@ -114,6 +114,35 @@ def test_resume_from_a_run_directory_continues_there(tmp_path: Path):
     assert proc.stdout.strip().splitlines()[-1].endswith(f"artifacts in {tmp_path / 'first'}")
     history = json.loads((tmp_path / "first" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path: Path):
+    """A one-cycle schedule cannot be stepped past its end: resuming for more epochs is refused before anything
+    runs, and the completed run keeps its files and its status (it did not fail)."""
+    cli("fmnist-train", *RECIPE[:2], "epochs=1", "scheduler=onecycle", "progress=false", "hydra.run.dir=run",
+        cwd=tmp_path)
+    names = ("best.pt", "last.pt", "metrics.json", "report.html")
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in names}
+    proc = cli("fmnist-train", f"resume={tmp_path / 'run'}", "epochs=2", "progress=false", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "epochs=2 runs past the end of the one-cycle schedule (scheduler.epochs=1)" in proc.stderr
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in names} == before
+
+
+def test_an_unforeseen_error_is_recorded_in_the_run_before_its_traceback(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    from fmnist.train import run as run_module
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(run_module, "evaluate", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback
+        run_module.run_training(settings(*RECIPE[:2], "epochs=1", "progress=false"), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == "RuntimeError: a bug over two lines"
+    assert 'class="status failed"' in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_failure_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path: Path,

@@ -241,6 +241,12 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("scheduler.step_size", _int_at_least(1, 1_000_000), "an integer >= 1 (epochs)", required=False),
     Rule("scheduler.gamma", _number_in(0, 1, lo_open=True, hi_open=False), "a number in (0, 1]",
          required=False),
+    Rule("scheduler.T_max", _int_at_least(1, 1_000_000), "an integer >= 1 (epochs, or steps with interval=step)",
+         required=False),
+    Rule("scheduler.eta_min", _number_in(0, INF), "a number >= 0", required=False),
+    Rule("scheduler.max_lr", _number_in(0, INF, lo_open=True), "a number > 0", required=False),
+    Rule("scheduler.epochs", _int_at_least(1, 1_000_000), "an integer >= 1", required=False),
+    Rule("scheduler.pct_start", _number_in(0, 1), "a number in [0, 1)", required=False),
     Rule("loss.label_smoothing", _number_in(0, 1), "a number in [0, 1)", required=False),
     Rule("logger", lambda v: isinstance(v, dict) and set(v) <= set(LOGGERS),
          f"one or more of {', '.join(LOGGERS)}, e.g. logger=[csv,tensorboard]", required=False),
@@ -328,6 +334,10 @@ def _check_train_combinations(cfg: DictConfig) -> None:
         if cfg.device in ("cpu", "mps"):
             raise UserError(f"compile=cudagraph needs a CUDA device, not device={cfg.device}; use compile=none "
                             f"or compile=torch")
+    if "epochs" in cfg.scheduler and cfg.scheduler.epochs < cfg.epochs:  # OneCycleLR: its steps are counted out
+        raise UserError(f"epochs={cfg.epochs} runs past the end of the one-cycle schedule (scheduler.epochs="
+                        f"{cfg.scheduler.epochs}): set scheduler.epochs to at least epochs (a resumed run keeps "
+                        f"its schedule: start a new run to train longer)")
     check_available(cfg.get("logger") or {})
     if len(cfg.dataset.classes) != cfg.dataset.num_classes:
         raise UserError(

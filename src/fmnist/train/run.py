@@ -26,7 +26,7 @@ from fmnist.artifacts.tracking import Launch, RunInfo, Trackers, make_trackers, 
 from fmnist.config import TrainConfig, check_world, lookup
 from fmnist.data.batches import Shard, load_split, make_batches
 from fmnist.data.transforms import TTA
-from fmnist.errors import Interrupted, UserError
+from fmnist.errors import Interrupted, UserError, one_line
 from fmnist.runtime import precision_name, resolve_device, seed_everything, show_progress
 from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
@@ -66,8 +66,16 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
         raise
     run = run_dir(resume_from.parent if resume_from is not None else out_dir)
     with run.claim(resuming=bool(cfg.resume)):
+        started = time.perf_counter()
+        choices = dict(choices or {})
+        # A resume refused here (a corrupt last.pt, a setting the run cannot continue with) leaves the run
+        # as it was: nothing has run, and a completed or interrupted run must not be recorded as failed.
+        resumed = load_checkpoint(resume_from) if resume_from is not None else None
+        if resumed is not None:
+            cfg = check_world(resumed_config(resumed, resume_from, cfg), world)
+            choices = resumed.get("choices", choices)
         try:
-            return _train(cfg, run, dict(choices or {}), resume_from, Collective(world), launch, stop_file)
+            return _train(cfg, run, choices, resume_from, resumed, Collective(world), launch, stop_file, started)
         except Interrupted as exc:
             run.record_status("interrupted", str(exc))
             run.finish("interrupted")
@@ -76,16 +84,16 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
             run.record_status("failed", str(exc))
             run.finish("failed")
             raise
+        except Exception as exc:  # a bug, or a library's error fmnist did not foresee: the traceback follows
+            run.record_status("failed", f"{type(exc).__name__}: {one_line(exc)}")
+            run.finish("failed")
+            raise
 
 
 def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: Path | None,
-           ranks: Collective, launch: Launch, stop_file: Path | None) -> RunResult:
-    started = time.perf_counter()
-    resumed = load_checkpoint(resume_from) if resume_from else None
-    if resumed is not None:
-        cfg = check_world(resumed_config(resumed, resume_from, cfg), ranks.world)
-        choices = resumed.get("choices", choices)
-    else:
+           resumed: dict[str, Any] | None, ranks: Collective, launch: Launch, stop_file: Path | None,
+           started: float) -> RunResult:
+    if resumed is None:
         run.record_status("running")
     world = ranks.world
     title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
