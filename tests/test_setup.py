@@ -48,6 +48,16 @@ def test_scheduler_instantiates_and_steps(name: str):
     assert len(set(lrs)) > 1, "the learning rate never changed"
 
 
+def test_a_cosine_schedule_shorter_than_the_run_is_named(caplog: pytest.LogCaptureFixture):
+    """What a resumed cosine run trained for more epochs has: T_max stays the run's first length."""
+    for overrides, warned in ((("epochs=4",), False), (("epochs=4", "scheduler.T_max=3"), True),
+                              (("epochs=4", "scheduler.T_max=20", "scheduler.interval=step"), False)):
+        cfg = settings("scheduler=cosine", *overrides)
+        caplog.clear()
+        build_scheduler(cfg, build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu")), 5)
+        assert ("past it the cosine rate rises again" in caplog.text) == warned, (overrides, caplog.text)
+
+
 @pytest.mark.parametrize("name", options("loss"))
 def test_loss_instantiates(name: str):
     cfg = settings(f"loss={name}")

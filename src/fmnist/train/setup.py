@@ -7,6 +7,7 @@ config group, so a typo in an override reads as a config problem, not a crash.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from fmnist.config import TrainConfig, stored_train_config
 from fmnist.errors import UserError, one_line
 from fmnist.models import Classifier
 from fmnist.runtime import resolve_precision
+
+log = logging.getLogger("fmnist")
 
 FUSED = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}
 CAPTURABLE = {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.RMSprop"}
@@ -101,6 +104,10 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
         return None, interval
     if node.get("steps_per_epoch") == "???":
         node["steps_per_epoch"] = steps_per_epoch
+    length = cfg.epochs * (steps_per_epoch if interval == "step" else 1)
+    if isinstance(node.get("T_max"), int) and node["T_max"] < length:  # a resumed cosine run trained for longer
+        log.warning("scheduler.T_max=%d is shorter than the run (%d %s): past it the cosine rate rises again",
+                    node["T_max"], length, "steps" if interval == "step" else "epochs")
     return _make("scheduler", node, optimizer), interval
 
 
