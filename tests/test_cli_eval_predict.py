@@ -103,6 +103,17 @@ def test_eval_without_ckpt_uses_the_latest_run(tmp_path: Path, trained_run: Path
     assert report["split"] == "val" and report["samples"] == 40  # 10% of the 400 training images
 
 
+def test_ckpt_may_name_a_run_directory_for_its_best_checkpoint(tmp_path: Path, trained_run: Path):
+    proc = cli("fmnist-eval", f"ckpt={trained_run}", "split=val", f"out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert str(trained_run / "best.pt") in proc.stdout
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["samples"] == 40
+    interrupted = tmp_path / "interrupted"  # a run stopped before its first epoch ended: last.pt only
+    interrupted.mkdir()
+    shutil.copy(trained_run / "last.pt", interrupted / "last.pt")
+    assert f"checkpoint {interrupted} is a directory without best.pt (it has last.pt: ckpt={interrupted / 'last.pt'})" \
+        in bad_input_error("fmnist-predict", f"ckpt={interrupted}", cwd=tmp_path)
+
+
 def test_without_ckpt_the_latest_sweep_gives_its_best_job_and_pictures_are_kept(tmp_path: Path, trained_run: Path):
     sweep = tmp_path / "multirun" / "2026-01-01" / "00-00-00"
     for job, acc in (("0", 0.9), ("1", 0.5)):  # job 1 finished last, job 0 is the better one

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from fmnist.artifacts.rundir import BEST, LAST
 from fmnist.errors import UserError
 from fmnist.paths import user_path
 
@@ -25,6 +26,17 @@ def existing_file(path: str | Path, what: str) -> Path:
         why = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
         raise UserError(f"{what} {path} {why}")
     return path
+
+
+def checkpoint_path(setting: str | Path) -> Path:
+    """`ckpt=`: a checkpoint file, or a run directory for its best.pt (as `resume=` takes one for its last.pt)."""
+    path = user_path(setting)
+    if not path.is_dir():
+        return path
+    if not (path / BEST).is_file():
+        hint = f" (it has {LAST}: ckpt={path / LAST})" if (path / LAST).is_file() else ""
+        raise UserError(f"checkpoint {path} is a directory without {BEST}{hint}")
+    return path / BEST
 
 
 def check_checkpoint_file(path: str | Path) -> Path:

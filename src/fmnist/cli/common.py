@@ -41,7 +41,7 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist.artifacts.atomic import check_dir_target, in_the_way
-from fmnist.artifacts.inputs import check_checkpoint_file, existing_file
+from fmnist.artifacts.inputs import check_checkpoint_file, checkpoint_path, existing_file
 from fmnist.artifacts.rundir import check_some_checkpoint
 from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
 from fmnist.errors import UserError
@@ -111,7 +111,7 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
     out_dir should be is one line at once, not after torch's import (about 5 s on a 2-core CPU) or, for
     out_dir, after the whole evaluation."""
     if settings.ckpt:
-        check_checkpoint_file(settings.ckpt)
+        check_checkpoint_file(checkpoint_path(settings.ckpt))
     else:
         check_some_checkpoint()  # "no trained model found" at once; restore() chooses among the runs found
     if isinstance(settings, PredictConfig) and settings.image is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from fmnist.artifacts.checkpoint import load_checkpoint
+from fmnist.artifacts.inputs import checkpoint_path
 from fmnist.artifacts.sweep import default_checkpoint
 from fmnist.config import InspectConfig, TrainConfig, lookup
 from fmnist.data.layout import data_root
@@ -48,7 +49,7 @@ class Restored:
 
 def restore(settings: InspectConfig) -> Restored:
     """Load settings.ckpt (default: best.pt of the latest run) and rebuild its model on settings.device."""
-    path = user_path(settings.ckpt) if settings.ckpt else default_checkpoint()  # which one: it logs
+    path = checkpoint_path(settings.ckpt) if settings.ckpt else default_checkpoint()  # which one: it logs
     ckpt = load_checkpoint(path)
     overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
     cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
