@@ -113,6 +113,7 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     ("train", ["modle=cnn"], 2), ("eval", ["--help"], 0), ("predict", ["index=-1"], 2),
     ("eval", ["ckpt=missing.pt"], 2), ("predict", ["image=missing.png"], 2), ("eval", [], 2),
     ("eval", ["ckpt='~nobody_fmnist/best.pt'"], 2), ("train", ["dataset.root=nowhere", "dataset.download=false"], 2),
+    ("train", ["--multirun", "model=mlp,resnet"], 2), ("train", ["-m", "model=mlp,cnn", "modle=3"], 2),
 ])
 def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_path: Path, tool: str,
                                                                          args: list[str], code: int):

@@ -14,6 +14,11 @@ from omegaconf import DictConfig
 if TYPE_CHECKING:
     from fmnist.train.interrupt import ParallelStop
 
+# The sweep directory of this process's --multirun and the folders above it that did not exist before it started:
+# Hydra creates it (and writes multirun.yaml there) before it composes the jobs' configs, so a rejected one would
+# leave it behind.
+_new_dirs: list[Path] = []
+
 
 class SummaryCallback(Callback):
     """Rewrites the sweep summary after every job and reports it when the --multirun ends.
@@ -29,6 +34,8 @@ class SummaryCallback(Callback):
         from fmnist.artifacts.sweep import parallel_jobs
         from fmnist.train.interrupt import ParallelStop
 
+        folder = Path(config.hydra.sweep.dir).absolute()
+        _new_dirs[:] = [d for d in (folder, *folder.parents) if not d.exists()]
         if parallel_jobs(config.hydra.launcher) > 1:
             self.stop = ParallelStop(Path(config.hydra.sweep.dir))
 
@@ -50,3 +57,19 @@ class SummaryCallback(Callback):
             sys.exit(self.stop.exit_code)
         if failed:
             sys.exit(1)
+
+
+def discard_rejected_sweep() -> None:
+    """After a sweep whose jobs' configs were refused before any ran: remove what Hydra made for it (its folder
+    holding multirun.yaml alone, and the empty folders above it that it created), as a rejected single run
+    leaves nothing. A folder that holds anything else is left as it is."""
+    if not _new_dirs:
+        return
+    folder = _new_dirs[0]
+    try:
+        if {p.name for p in folder.iterdir()} <= {"multirun.yaml"}:
+            (folder / "multirun.yaml").unlink(missing_ok=True)
+            for d in _new_dirs:
+                d.rmdir()  # stops at the first one that is not empty
+    except OSError:
+        pass

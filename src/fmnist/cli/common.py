@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fmnist.artifacts.atomic import check_dir_target, in_the_way
 from fmnist.artifacts.inputs import check_checkpoint_file, checkpoint_path, existing_file
 from fmnist.artifacts.rundir import check_some_checkpoint
+from fmnist.cli.callbacks import discard_rejected_sweep
 from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
 from fmnist.errors import UserError
 
@@ -162,8 +163,10 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
                     before_run()
                 app()
             except MissingConfigException as exc:
+                discard_rejected_sweep()
                 fail(prog, _missing_option(exc))
             except ConfigCompositionException as exc:
+                discard_rejected_sweep()
                 fail(prog, _composition(exc, prog, config_name))
             except OverrideParseException as exc:
                 fail(prog, f"cannot parse the overrides ({str(exc).splitlines()[0]}); write them as key=value")
