@@ -194,13 +194,25 @@ def test_corrupt_archive_is_a_clear_error(tmp_path: Path, data_root: Path):
         load_tensors(settings("dataset=mnist", f"dataset.root={tmp_path}").dataset, train=True)
 
 
-def test_truncated_idx_file_is_a_clear_error(tmp_path: Path, data_root: Path):
+def test_a_truncated_or_foreign_idx_file_is_named_by_what_is_wrong(tmp_path: Path, data_root: Path):
     shutil.copytree(data_root / "MNIST", tmp_path / "MNIST")
-    archive = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    raw = tmp_path / "MNIST" / "raw"
+    dataset = settings("dataset=mnist", f"dataset.root={tmp_path}").dataset
+    archive = raw / "t10k-images-idx3-ubyte.gz"
     payload = gzip.decompress(archive.read_bytes())
     archive.write_bytes(gzip.compress(payload[:1000]))
-    with pytest.raises(UserError, match="could not read MNIST"):
-        load_tensors(settings("dataset=mnist", f"dataset.root={tmp_path}").dataset, train=False)
+    with pytest.raises(UserError, match=rf"{archive}: its header claims 100 x 28 x 28 values, the file holds 984 "):
+        load_tensors(dataset, train=False)
+    archive.write_bytes(gzip.compress(payload))
+    labels = raw / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + gzip.decompress(labels.read_bytes())[4:]))  # floats
+    with pytest.raises(UserError, match=rf"{labels} is not an IDX file of 1-D unsigned bytes \(it starts 00000d01"):
+        load_tensors(dataset, train=False)
+    for packed in raw.glob("*.gz"):  # unpacked files in the data directory are checked alike
+        packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
+        packed.unlink()
+    with pytest.raises(UserError, match=rf"{labels.with_suffix('')} is not an IDX file"):
+        load_tensors(dataset, train=False)
 
 
 def test_split_is_seeded_disjoint_and_complete():

@@ -18,8 +18,10 @@ import functools
 import gzip
 import hashlib
 import logging
+import math
 import pickle
 import socket
+import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -180,6 +182,8 @@ def _local_root(source: Source, root: Path) -> Path | None:
     if all((folder / name).is_file() for name in source.layout.files):
         for name in source.layout.files:
             _check_size(folder / name)
+            if source.layout.packed:
+                _check_idx(folder / name, folder / name)
         return root
     if missing_files(source.layout, root):
         return None
@@ -190,7 +194,26 @@ def _local_root(source: Source, root: Path) -> Path | None:
     target = ensure_dir(target_root / source.layout.folder)
     for name in source.layout.files:
         _unpack(source, folder, target, name)
+        given = folder / name
+        _check_idx(target / name, given if given.is_file() else given.with_name(f"{name}.gz"))
     return target_root
+
+
+def _check_idx(path: Path, given: Path) -> None:
+    """An IDX file of MNIST's kind: unsigned bytes in as many dimensions as its name says (idx3: images, idx1:
+    labels), exactly as many as its header claims. torchvision's reader only asserts; `given` is the file the
+    user has (the .gz whose unpacked copy `path` is)."""
+    ndim = int(path.name.split("-idx")[1][0])
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if len(header) < 4 + 4 * ndim or header[:4] != bytes((0, 0, 0x08, ndim)):
+        raise UserError(f"{given} is not an IDX file of {ndim}-D unsigned bytes (it starts {header[:4].hex()}, "
+                        f"not {bytes((0, 0, 0x08, ndim)).hex()})")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    data = path.stat().st_size - len(header)
+    if math.prod(dims) != data:
+        raise UserError(f"{given}: its header claims {' x '.join(map(str, dims))} values, the file holds {data} "
+                        f"(truncated, or not this dataset's file)")
 
 
 def _unpack(source: Source, folder: Path, target: Path, name: str) -> None:
