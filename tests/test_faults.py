@@ -116,6 +116,25 @@ def test_resume_from_a_run_directory_continues_there(tmp_path: Path):
     assert [row["epoch"] for row in history] == [1, 2]
 
 
+def test_resume_alone_continues_the_run_as_it_was(tmp_path: Path):
+    """`resume=auto` alone, as a stopped run prints it: the run's epochs, test-time augmentation and NaN policy
+    stay its own, not the command's defaults; a key the command names changes."""
+    cli("fmnist-train", *RECIPE[:2], "epochs=1", "tta=flip", "on_nan=skip_batch", "progress=false",
+        "hydra.run.dir=run", cwd=tmp_path)
+    cli("fmnist-train", "hydra.run.dir=run", "resume=auto", "progress=false", cwd=tmp_path)
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config"]["on_nan"] == "skip_batch", ckpt["config"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["tta"] == "flip"
+    cli("fmnist-train", "hydra.run.dir=run", "resume=auto", "epochs=2", "tta=none", "progress=false", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["test"]["tta"] == "none"
+    # Other keys it names must be the run's own (a sweep run again with resume=auto repeats its jobs' values):
+    proc = cli("fmnist-train", "hydra.run.dir=run", "resume=auto", *RECIPE[:2], "optimizer.lr=0.5", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("fmnist-train: error: optimizer.lr cannot change in a resumed run"), proc.stderr
+
+
 def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path: Path):
     """A one-cycle schedule cannot be stepped past its end: resuming for more epochs is refused before anything
     runs, and the completed run keeps its files and its status (it did not fail)."""
@@ -127,6 +146,10 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path: Path):
                check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "epochs=2 runs past the end of the one-cycle schedule (scheduler.epochs=1)" in proc.stderr
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in names} == before
+    proc = cli("fmnist-train", f"resume={tmp_path / 'run'}", "device=mps", "progress=false", cwd=tmp_path,
+               check=False)  # refused later, where the run's device is chosen (no MPS on Linux)
+    assert proc.returncode == 2 and "device=mps was asked for" in proc.stderr, proc.stderr
     assert {name: (tmp_path / "run" / name).read_bytes() for name in names} == before
 
 

@@ -117,8 +117,9 @@ def main(cfg: DictConfig) -> float:
         if world.launched:
             log.info("distributed: %d processes, global batch %d = %d per process", world.size,
                      settings.batch_size, settings.batch_size // world.size)
+        named = frozenset(o.partition("=")[0].lstrip("+~") for o in hydra_cfg.overrides.task)
         result = run_training(settings, out_dir, choices, world, launch,
-                              stop_file=stop_file(Path(hydra_cfg.sweep.dir)) if pooled else None)
+                              stop_file=stop_file(Path(hydra_cfg.sweep.dir)) if pooled else None, named=named)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
                  100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, result.out_dir)
         return result.best_val_acc

@@ -39,6 +39,11 @@ from fmnist.world import World
 log = logging.getLogger("fmnist")
 
 
+class ResumeRefused(UserError):
+    """A resume that cannot start here (no GPU, its data missing, ...): nothing has run, so the run directory
+    stays as it was; a completed or interrupted run is not recorded as failed."""
+
+
 @dataclass
 class RunResult:
     out_dir: Path
@@ -49,12 +54,14 @@ class RunResult:
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None = None,
-                 world: World = World(), launch: Launch = Launch(), stop_file: Path | None = None) -> RunResult:
+                 world: World = World(), launch: Launch = Launch(), stop_file: Path | None = None,
+                 named: frozenset[str] = frozenset()) -> RunResult:
     """Train cfg's model on cfg's dataset (or continue `cfg.resume`) and write every artifact into out_dir.
 
     The run directory is claimed first (one process at a time, never over another run unless resuming);
     from then on any failure is recorded in its metrics.json, its report.html and the trackers before it
-    propagates. `stop_file`: where a parallel sweep asks its jobs to stop (train/interrupt.py).
+    propagates. `stop_file`: where a parallel sweep asks its jobs to stop (train/interrupt.py). `named`: the
+    keys the command line set, which a resumed run takes from cfg (train/state.py).
     """
     run_dir = RunDir if world.main else FollowerRunDir
     try:
@@ -68,14 +75,16 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
     with run.claim(resuming=bool(cfg.resume)):
         started = time.perf_counter()
         choices = dict(choices or {})
-        # A resume refused here (a corrupt last.pt, a setting the run cannot continue with) leaves the run
-        # as it was: nothing has run, and a completed or interrupted run must not be recorded as failed.
+        # A resume refused here (a corrupt last.pt, a setting the run cannot continue with) leaves the run as
+        # it was, as ResumeRefused does later.
         resumed = load_checkpoint(resume_from) if resume_from is not None else None
         if resumed is not None:
-            cfg = check_world(resumed_config(resumed, resume_from, cfg), world)
+            cfg = check_world(resumed_config(resumed, resume_from, cfg, named), world)
             choices = resumed.get("choices", choices)
         try:
             return _train(cfg, run, choices, resume_from, resumed, Collective(world), launch, stop_file, started)
+        except ResumeRefused:
+            raise
         except Interrupted as exc:
             run.record_status("interrupted", str(exc))
             run.finish("interrupted")
@@ -96,28 +105,33 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     if resumed is None:
         run.record_status("running")
     world = ranks.world
+    try:
+        device = resolve_device(cfg.device, world.local_rank if ranks.distributed else None)
+        dtype = training_precision(cfg, device, trained=resumed.get("precision") if resumed is not None else None)
+        progress = show_progress(cfg.progress) and world.main
+        seed_everything(cfg.seed)  # alike in every rank: DDP starts from rank 0's weights, the data order is shared
+        shard = Shard(world.rank, world.size)
+
+        def batches(split: str, batch_size: int, training: bool = False) -> Any:
+            return make_batches(cfg.dataset, split, device, batch_size=batch_size, seed=cfg.seed,
+                                training=training, loader=cfg.loader, num_workers=cfg.num_workers, shard=shard)
+
+        train_batches = batches("train", cfg.batch_size // world.size, training=True)  # the global batch_size
+        val_batches = batches("val", cfg.eval_batch_size)
+        test_batches = batches("test", cfg.eval_batch_size)  # now: a missing test file is found before training
+        t = build_training(cfg, device, dtype, len(train_batches), distributed=ranks.distributed)
+        state = resume_state(resumed, resume_from, t, train_batches) if resumed is not None else TrainState()
+        runner = make_step(cfg.compile, t, train_batches, device=device, dtype=dtype,
+                           skip_nonfinite=cfg.on_nan == "skip_batch")
+    except UserError as exc:
+        if resumed is None:
+            raise
+        raise ResumeRefused(str(exc)) from None
+    trained_on = {"device": str(device), "precision": precision_name(dtype)}  # what auto chose, for metrics.json
     title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
     info = RunInfo(run.path, title, cfg.resolved, _hparams(cfg, choices), launch, resumed=resumed is not None)
     run.track(info, make_trackers(cfg.loggers, run.path) if world.main else Trackers(),
               int(resumed["epoch"]) if resumed is not None else 0)
-    device = resolve_device(cfg.device, world.local_rank if ranks.distributed else None)
-    dtype = training_precision(cfg, device, trained=resumed.get("precision") if resumed is not None else None)
-    trained_on = {"device": str(device), "precision": precision_name(dtype)}  # what auto chose, for metrics.json
-    progress = show_progress(cfg.progress) and world.main
-    seed_everything(cfg.seed)  # alike in every rank: DDP starts from rank 0's weights, the data order is shared
-    shard = Shard(world.rank, world.size)
-
-    def batches(split: str, batch_size: int, training: bool = False) -> Any:
-        return make_batches(cfg.dataset, split, device, batch_size=batch_size, seed=cfg.seed, training=training,
-                            loader=cfg.loader, num_workers=cfg.num_workers, shard=shard)
-
-    train_batches = batches("train", cfg.batch_size // world.size, training=True)  # batch_size is the global one
-    val_batches = batches("val", cfg.eval_batch_size)
-    test_batches = batches("test", cfg.eval_batch_size)  # now: a missing test file is found before training
-    t = build_training(cfg, device, dtype, len(train_batches), distributed=ranks.distributed)
-    state = resume_state(resumed, resume_from, t, train_batches) if resumed is not None else TrainState()
-    runner = make_step(cfg.compile, t, train_batches, device=device, dtype=dtype,
-                       skip_nonfinite=cfg.on_nan == "skip_batch")
     _log_start(cfg, choices, state, resume_from, run, train_batches.num_samples, val_batches.num_samples, device,
                dtype, sum(p.numel() for p in t.model.parameters()))
 

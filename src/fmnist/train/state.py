@@ -25,8 +25,11 @@ from fmnist.train.loop import EpochStats
 from fmnist.train.setup import Training, config_from_checkpoint
 
 # Keys a resumed run may change; everything else comes from the checkpoint, so the run stays the same run.
-RESUMABLE_OVERRIDES = ("epochs", "device", "progress", "num_workers", "threads", "checkpoint_every_steps",
-                       "on_nan", "skip_batch_limit", "tta", "dataset.root", "dataset.download", "logger")
+# The command's own, always: where and how it runs (the data directory, device, threads, progress, trackers).
+COMMAND_KEYS = ("device", "progress", "num_workers", "threads", "dataset.root", "dataset.download", "logger")
+# The run's own, changed only where the command names them: `resume=auto` alone, as a stopped run prints it,
+# continues the run as it was, not with the command's defaults (a 2-epoch run would go on to 10).
+RUN_KEYS = ("epochs", "checkpoint_every_steps", "on_nan", "skip_batch_limit", "tta")
 HISTORY_NUMBERS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
@@ -85,10 +88,20 @@ def resume_source(setting: str | None, out_dir: Path) -> Path | None:
     return path
 
 
-def resumed_config(ckpt: dict[str, Any], path: Path, current: TrainConfig) -> TrainConfig:
-    """The checkpoint's own config, with only the keys a resumed run may change taken from `current`."""
-    overrides = {key: lookup(current.resolved, key) for key in RESUMABLE_OVERRIDES}
+def resumed_config(ckpt: dict[str, Any], path: Path, current: TrainConfig, named: frozenset[str]) -> TrainConfig:
+    """The checkpoint's own config, with the keys a resumed run may change taken from `current`: COMMAND_KEYS,
+    and those of RUN_KEYS the command `named`."""
+    keys = COMMAND_KEYS + tuple(key for key in RUN_KEYS if key in named)
+    overrides = {key: lookup(current.resolved, key) for key in keys}
     cfg = config_from_checkpoint(ckpt, path, current.trust, overrides)
+    # Anything else the command names must be what the run has (a sweep run again with resume=auto names its
+    # jobs' own values); a new learning rate or model would otherwise be dropped without a word.
+    changed = sorted(key for key in named - {*keys, "resume", "trust"} if not key.startswith("hydra")
+                     and lookup(current.resolved, key) != lookup(cfg.resolved, key))
+    if changed:
+        raise UserError(f"{', '.join(changed)} cannot change in a resumed run, which keeps its checkpoint's config "
+                        f"(a resume may set {', '.join(RUN_KEYS + COMMAND_KEYS)}): start a new run for other "
+                        f"settings")
     if cfg.epochs < ckpt["epoch"]:
         raise UserError(f"epochs={cfg.epochs} is fewer than the {ckpt['epoch']} epochs the checkpoint has done")
     return cfg
