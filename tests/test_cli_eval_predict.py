@@ -114,6 +114,16 @@ def test_ckpt_may_name_a_run_directory_for_its_best_checkpoint(tmp_path: Path, t
         in bad_input_error("fmnist-predict", f"ckpt={interrupted}", cwd=tmp_path)
 
 
+def test_evaluating_last_pt_keeps_the_evaluation_of_best_pt(tmp_path: Path, trained_run: Path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval-*", "predictions"))
+    cli("fmnist-eval", f"ckpt={run}", "split=val", cwd=tmp_path)
+    best = (run / "eval-val" / "eval.json").read_bytes()
+    cli("fmnist-eval", f"ckpt={run / 'last.pt'}", "split=val", cwd=tmp_path)
+    assert json.loads((run / "eval-val-last" / "eval.json").read_text())["checkpoint"].endswith("last.pt")
+    assert (run / "eval-val" / "eval.json").read_bytes() == best
+
+
 def test_without_ckpt_the_latest_sweep_gives_its_best_job_and_pictures_are_kept(tmp_path: Path, trained_run: Path):
     sweep = tmp_path / "multirun" / "2026-01-01" / "00-00-00"
     for job, acc in (("0", 0.9), ("1", 0.5)):  # job 1 finished last, job 0 is the better one

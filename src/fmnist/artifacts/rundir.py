@@ -5,7 +5,8 @@
     curves.png  confusion_matrix.png  misclassified.png
     report.html                 one self-contained page: config, metrics, figures, status (also when it failed)
     tensorboard/  .mlflow_run.json   with logger=tensorboard / logger=mlflow
-    eval-<split>/               fmnist-eval's eval.json, figures and report.html, by default
+    eval-<split>/               fmnist-eval's eval.json, figures and report.html, by default (of last.pt:
+                                eval-<split>-last/)
     predictions/                fmnist-predict's pictures, by default
     .fmnist.lock                held while a process trains here
 
@@ -275,5 +276,6 @@ def _no_trained_model(search_dirs: tuple[Path, ...]) -> UserError:
 
 
 def eval_dir(checkpoint: Path, split: str) -> Path:
-    """Where fmnist-eval writes by default: beside the checkpoint, one folder per split."""
-    return checkpoint.parent / f"eval-{split}"
+    """Where fmnist-eval writes by default: beside the checkpoint, one folder per split, and per checkpoint
+    where it is not best.pt (last.pt's evaluation must not replace best.pt's)."""
+    return checkpoint.parent / (f"eval-{split}" if checkpoint.name == BEST else f"eval-{split}-{checkpoint.stem}")
