@@ -124,6 +124,13 @@ def test_evaluating_last_pt_keeps_the_evaluation_of_best_pt(tmp_path: Path, trai
     assert (run / "eval-val" / "eval.json").read_bytes() == best
 
 
+def test_matplotlibs_first_font_scan_is_not_news(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "matplotlib"))  # a fresh font cache: it is built now
+    monkeypatch.setenv("FMNIST_TEST_FORK", "0")  # a process of its own: the fork server has matplotlib loaded
+    proc = cli("fmnist-predict", f"ckpt={trained_run}", "index=1", f"out_dir={tmp_path}", cwd=tmp_path)
+    assert (tmp_path / "matplotlib").is_dir() and "fontManager" not in proc.stdout + proc.stderr, proc.stderr
+
+
 def test_without_ckpt_the_latest_sweep_gives_its_best_job_and_pictures_are_kept(tmp_path: Path, trained_run: Path):
     sweep = tmp_path / "multirun" / "2026-01-01" / "00-00-00"
     for job, acc in (("0", 0.9), ("1", 0.5)):  # job 1 finished last, job 0 is the better one
