@@ -108,6 +108,19 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.pt"))
 
 
+@pytest.mark.parametrize(("overrides", "hint"), [
+    (("scheduler=cosine", "scheduler.T_mx=3"), " (did you mean scheduler.T_max?)"),
+    (("scheduler=onecycle", "scheduler.T_mx=3"), ""),  # T_max is cosine's, not the chosen schedule's
+    (("scheduler=onecycle", "scheduler.div_factor=3"), ""),  # not scheduler.interval, for the prefix they share
+    (("optimzer.lr=1",), " (did you mean optimizer.lr?)"),
+])
+def test_a_mistyped_key_is_matched_among_the_keys_of_the_options_chosen(tmp_path: Path, overrides: tuple[str, ...],
+                                                                       hint: str):
+    key = overrides[-1].partition("=")[0]
+    line = one_line_error(cli("fmnist-train", *overrides, cwd=tmp_path, check=False))
+    assert f"{key} is not a config key{hint}; to add" in line, line
+
+
 @pytest.mark.parametrize(("tool", "args", "code"), [
     ("train", ["--help"], 0), ("train", ["--cfg", "job"], 0), ("train", ["batch_size=0"], 2),
     ("train", ["modle=cnn"], 2), ("eval", ["--help"], 0), ("predict", ["index=-1"], 2),

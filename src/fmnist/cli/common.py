@@ -167,7 +167,7 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
                 fail(prog, _missing_option(exc))
             except ConfigCompositionException as exc:
                 discard_rejected_sweep()
-                fail(prog, _composition(exc, prog, config_name))
+                fail(prog, _composition(exc, prog, config_name, args.overrides))
             except OverrideParseException as exc:
                 fail(prog, f"cannot parse the overrides ({str(exc).splitlines()[0]}); write them as key=value")
             except HydraException as exc:
@@ -261,7 +261,7 @@ def _missing_option(exc: MissingConfigException) -> str:
     return f"{group}={option} is not an option: choose one of {', '.join(options)}{_closest(option, options)}"
 
 
-def _composition(exc: ConfigCompositionException, prog: str, config_name: str) -> str:
+def _composition(exc: ConfigCompositionException, prog: str, config_name: str, overrides: list[str]) -> str:
     """modle=cnn -> 'modle is not a config key (did you mean model?) ...'."""
     text = str(exc)
     found = re.search(r"Could not override '([^']+)'", text) or re.search(r"Could not append to config. An item is "
@@ -275,13 +275,20 @@ def _composition(exc: ConfigCompositionException, prog: str, config_name: str) -
         if key in _known_keys(config_name):  # e.g. optimizer.nesterov with optimizer=rmsprop
             return (f"{key} is not a setting of the {group} chosen (only of other {group} options): drop it, "
                     f"or choose an option that has it")
-        hint = _closest(key, _known_keys(config_name))
+        hint = _closest(key, _chosen_keys(config_name, overrides))
         return f"{key} is not a config key{hint}; to add a new key on purpose, write +{key}=VALUE"
     return " ".join(text.split())
 
 
 def _closest(word: str, choices: list[str]) -> str:
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    """The likeliest meant choice: for a dotted key, among the keys beside it (a shared `scheduler.` prefix
+    would make any two of them look alike), else among all."""
+    parent, _, leaf = word.rpartition(".")
+    siblings = [c.rpartition(".")[2] for c in choices if parent and c.rpartition(".")[0] == parent]
+    if siblings:
+        match = [f"{parent}.{m}" for m in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
+    else:
+        match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {match[0]}?)" if match else ""
 
 
@@ -313,6 +320,23 @@ def _known_keys(config_name: str) -> list[str]:
     for group in _app_groups(config_name):
         keys.add(group)
         for option in (root / group).glob("*.yaml"):
+            keys.update(_flatten(yaml.safe_load(option.read_text()) or {}, group))
+    return sorted(k for k in keys if not k.startswith(("hydra", "defaults")))
+
+
+def _chosen_keys(config_name: str, overrides: list[str]) -> list[str]:
+    """Dotted keys of the primary config and of the options chosen (the defaults list's, or the command's
+    `group=option`): what a mistyped key may have meant, never a key of an option not chosen."""
+    root = Path(CONFIG_DIR)
+    chosen = {k: v for e in _primary(config_name).get("defaults", []) if isinstance(e, dict) for k, v in e.items()}
+    for override in overrides:
+        group, _, option = override.lstrip("+").partition("=")
+        if group in _app_groups(config_name):
+            chosen[group] = option
+    keys: set[str] = set(_flatten(_primary(config_name), "")) | set(_app_groups(config_name))
+    for group in _app_groups(config_name):
+        option = root / group / f"{chosen.get(group)}.yaml"
+        if option.is_file():
             keys.update(_flatten(yaml.safe_load(option.read_text()) or {}, group))
     return sorted(k for k in keys if not k.startswith(("hydra", "defaults")))
 
