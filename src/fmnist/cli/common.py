@@ -22,7 +22,7 @@ import signal
 import string
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -298,11 +298,16 @@ def _primary(config_name: str) -> dict[str, Any]:
 
 
 @cache
+def _default_choices(config_name: str) -> dict[str, Any]:
+    """The primary config's defaults list as group -> option (Hydra's `override hydra/...` entries included)."""
+    return {k: v for e in _primary(config_name).get("defaults", []) if isinstance(e, dict) for k, v in e.items()}
+
+
+@cache
 def _app_groups(config_name: str) -> frozenset[str]:
     """The config groups the primary config's defaults list chooses from (train: dataset, model, ...; eval and
     predict: none), never Hydra's own."""
-    entries = [e for e in _primary(config_name).get("defaults", []) if isinstance(e, dict)]
-    return frozenset(k for e in entries for k in e if not k.startswith(("override ", "hydra")))
+    return frozenset(k for k in _default_choices(config_name) if not k.startswith(("override ", "hydra")))
 
 
 @cache
@@ -314,29 +319,27 @@ def _other_apps_groups(config_name: str) -> frozenset[str]:
 
 @cache
 def _known_keys(config_name: str) -> list[str]:
-    """Dotted keys of the primary config and of every option of its config groups (for suggestions)."""
-    root = Path(CONFIG_DIR)
-    keys: set[str] = set(_flatten(_primary(config_name), ""))
-    for group in _app_groups(config_name):
-        keys.add(group)
-        for option in (root / group).glob("*.yaml"):
-            keys.update(_flatten(yaml.safe_load(option.read_text()) or {}, group))
-    return sorted(k for k in keys if not k.startswith(("hydra", "defaults")))
+    """Dotted keys of the primary config and of every option of its config groups."""
+    return _config_keys(config_name, lambda group: (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
 def _chosen_keys(config_name: str, overrides: list[str]) -> list[str]:
     """Dotted keys of the primary config and of the options chosen (the defaults list's, or the command's
     `group=option`): what a mistyped key may have meant, never a key of an option not chosen."""
-    root = Path(CONFIG_DIR)
-    chosen = {k: v for e in _primary(config_name).get("defaults", []) if isinstance(e, dict) for k, v in e.items()}
+    chosen = dict(_default_choices(config_name))
     for override in overrides:
         group, _, option = override.lstrip("+").partition("=")
-        if group in _app_groups(config_name):
-            chosen[group] = option
+        chosen[group] = option
+    files = {group: Path(CONFIG_DIR) / group / f"{option}.yaml" for group, option in chosen.items()}
+    return _config_keys(config_name, lambda group: [files[group]] if group in files and files[group].is_file() else [])
+
+
+def _config_keys(config_name: str, options: Callable[[str], Iterable[Path]]) -> list[str]:
+    """Dotted keys of the primary config, its groups' names, and the keys of each group's option files that
+    `options(group)` names."""
     keys: set[str] = set(_flatten(_primary(config_name), "")) | set(_app_groups(config_name))
     for group in _app_groups(config_name):
-        option = root / group / f"{chosen.get(group)}.yaml"
-        if option.is_file():
+        for option in options(group):
             keys.update(_flatten(yaml.safe_load(option.read_text()) or {}, group))
     return sorted(k for k in keys if not k.startswith(("hydra", "defaults")))
 
