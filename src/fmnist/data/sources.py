@@ -193,9 +193,7 @@ def _local_root(source: Source, root: Path) -> Path | None:
     target_root = cache_dir() / "unpacked" / digest
     target = ensure_dir(target_root / source.layout.folder)
     for name in source.layout.files:
-        _unpack(source, folder, target, name)
-        given = folder / name
-        _check_idx(target / name, given if given.is_file() else given.with_name(f"{name}.gz"))
+        _check_idx(target / name, _unpack(source, folder, target, name))
     return target_root
 
 
@@ -216,8 +214,9 @@ def _check_idx(path: Path, given: Path) -> None:
                         f"(truncated, or not this dataset's file)")
 
 
-def _unpack(source: Source, folder: Path, target: Path, name: str) -> None:
-    """Make target/name the unpacked content of folder/name(.gz), reusing the cache only for the same content.
+def _unpack(source: Source, folder: Path, target: Path, name: str) -> Path:
+    """Make target/name the unpacked content of folder/name(.gz), reusing the cache only for the same content;
+    returns the file it came from.
 
     The cache is keyed by the archive's size and digest (a sidecar file), never its modification time:
     an older copy put back in place must not find the newer file's cache still "fresh".
@@ -228,13 +227,13 @@ def _unpack(source: Source, folder: Path, target: Path, name: str) -> None:
         _check_size(plain)
         if not (dst.is_symlink() and dst.resolve() == plain.resolve()):
             write_atomically(dst, lambda tmp: tmp.symlink_to(plain.resolve()))
-        return
+        return plain
     _check_size(packed)
     content = packed.read_bytes()
     key = f"{len(content)} {hashlib.sha256(content).hexdigest()}\n"
     stamp = target / f".{name}.source"
     if dst.is_file() and not dst.is_symlink() and stamp.is_file() and stamp.read_text() == key:
-        return
+        return packed
     digest = hashlib.md5(content).hexdigest()
     if digest != source.md5.get(packed.name):
         log.warning("%s: %s is not the official release (md5 %s); using it as it is", source.title, packed, digest)
@@ -253,6 +252,7 @@ def _unpack(source: Source, folder: Path, target: Path, name: str) -> None:
     # Parallel sweep jobs may unpack at once: each file appears whole, through write_atomically.
     write_atomically(dst, gunzip)
     write_atomically(stamp, lambda tmp: tmp.write_text(key))
+    return packed
 
 
 def _read_gzip(src: gzip.GzipFile, packed: Path, source: Source) -> bytes:
