@@ -323,12 +323,18 @@ def _known_keys(config_name: str) -> list[str]:
     return _config_keys(config_name, lambda group: (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
+def override_parts(override: str) -> tuple[str, str]:
+    """`+model=cnn` -> ("model", "cnn"); `~logger` -> ("logger", "")."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
 def _chosen_keys(config_name: str, overrides: list[str]) -> list[str]:
     """Dotted keys of the primary config and of the options chosen (the defaults list's, or the command's
     `group=option`): what a mistyped key may have meant, never a key of an option not chosen."""
     chosen = dict(_default_choices(config_name))
     for override in overrides:
-        group, _, option = override.lstrip("+").partition("=")
+        group, option = override_parts(override)
         chosen[group] = option
     files = {group: Path(CONFIG_DIR) / group / f"{option}.yaml" for group, option in chosen.items()}
     return _config_keys(config_name, lambda group: [files[group]] if group in files and files[group].is_file() else [])

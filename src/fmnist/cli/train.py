@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmnist.cli.common import end_worker_without_teardown, hydra_app, report_user_errors
+from fmnist.cli.common import end_worker_without_teardown, hydra_app, override_parts, report_user_errors
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
 from fmnist.world import current_world
@@ -67,7 +67,7 @@ def sleeping_threads(overrides: list[str]) -> bool:
     """OpenMP's threads sleep while they wait only where the thread count is fixed (`threads=N`): with
     threads=auto (the default; no preset sets it) they spin, which is fastest alone, and the run steps down to
     the cores other processes leave free, where nothing spins (cpu_share.py)."""
-    values = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == "threads"]
+    values = [value for key, value in map(override_parts, overrides) if key == "threads"]
     return bool(values) and values[-1] != "auto"
 
 
@@ -117,7 +117,7 @@ def main(cfg: DictConfig) -> float:
         if world.launched:
             log.info("distributed: %d processes, global batch %d = %d per process", world.size,
                      settings.batch_size, settings.batch_size // world.size)
-        named = frozenset(o.partition("=")[0].lstrip("+~") for o in hydra_cfg.overrides.task)
+        named = frozenset(key for key, _ in map(override_parts, hydra_cfg.overrides.task))
         result = run_training(settings, out_dir, choices, world, launch,
                               stop_file=stop_file(Path(hydra_cfg.sweep.dir)) if pooled else None, named=named)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
