@@ -133,6 +133,11 @@ def test_resume_alone_continues_the_run_as_it_was(tmp_path: Path):
                check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("fmnist-train: error: optimizer.lr cannot change in a resumed run"), proc.stderr
+    # A group is compared by the option chosen: an experiment is no key of the config, and was dropped unnoticed.
+    proc = cli("fmnist-train", "hydra.run.dir=run", "resume=auto", "experiment=mnist_speedrun", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("fmnist-train: error: experiment cannot change in a resumed run"), proc.stderr
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path: Path):

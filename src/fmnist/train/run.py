@@ -79,7 +79,7 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
         # it was, as ResumeRefused does later.
         resumed = load_checkpoint(resume_from) if resume_from is not None else None
         if resumed is not None:
-            cfg = check_world(resumed_config(resumed, resume_from, cfg, named), world)
+            cfg = check_world(resumed_config(resumed, resume_from, cfg, named, choices), world)
             choices = resumed.get("choices", choices)
         try:
             return _train(cfg, run, choices, resume_from, resumed, Collective(world), launch, stop_file, started)

@@ -88,16 +88,26 @@ def resume_source(setting: str | None, out_dir: Path) -> Path | None:
     return path
 
 
-def resumed_config(ckpt: dict[str, Any], path: Path, current: TrainConfig, named: frozenset[str]) -> TrainConfig:
+def resumed_config(ckpt: dict[str, Any], path: Path, current: TrainConfig, named: frozenset[str],
+                   choices: dict[str, str]) -> TrainConfig:
     """The checkpoint's own config, with the keys a resumed run may change taken from `current`: COMMAND_KEYS,
-    and those of RUN_KEYS the command `named`."""
+    and those of RUN_KEYS the command `named`. `choices`: the command's config group options."""
     keys = COMMAND_KEYS + tuple(key for key in RUN_KEYS if key in named)
     overrides = {key: lookup(current.resolved, key) for key in keys}
     cfg = config_from_checkpoint(ckpt, path, current.trust, overrides)
     # Anything else the command names must be what the run has (a sweep run again with resume=auto names its
-    # jobs' own values); a new learning rate or model would otherwise be dropped without a word.
-    changed = sorted(key for key in named - {*keys, "resume", "trust"} if not key.startswith("hydra")
-                     and lookup(current.resolved, key) != lookup(cfg.resolved, key))
+    # jobs' own values); a new learning rate or model would otherwise be dropped without a word. A group
+    # (`model=cnn`, `experiment=fashion_best`) is compared by the option chosen: an experiment is no key of the
+    # config, and a run's model.channels=[16,32] is still model=cnn.
+    stored = ckpt.get("choices", {})
+
+    def differs(key: str) -> bool:
+        if key in choices or key in stored:
+            return choices.get(key) != stored.get(key)
+        return lookup(current.resolved, key) != lookup(cfg.resolved, key)
+
+    changed = sorted(key for key in named - {*keys, "resume", "trust"}
+                     if not key.startswith("hydra") and differs(key))
     if changed:
         raise UserError(f"{', '.join(changed)} cannot change in a resumed run, which keeps its checkpoint's config "
                         f"(a resume may set {', '.join(RUN_KEYS + COMMAND_KEYS)}): start a new run for other "
