@@ -23,7 +23,7 @@ from fmnist.artifacts.allowlist import check_stored_config
 from fmnist.config import TrainConfig, stored_train_config
 from fmnist.errors import UserError, one_line
 from fmnist.models import Classifier
-from fmnist.runtime import resolve_precision
+from fmnist.runtime import in_hardware, precision_name, resolve_precision
 
 log = logging.getLogger("fmnist")
 
@@ -69,7 +69,11 @@ def training_precision(cfg: TrainConfig, device: torch.device, precision: str | 
     """The autocast dtype of this config's model on `device` (`precision` overrides the config's), chosen
     alike for training, fmnist-eval and fmnist-predict, so that evaluation reproduces training's numbers;
     `trained`: what the checkpoint recorded that training computed in, kept where this device can."""
-    return resolve_precision(precision or cfg.precision, device, lambda: linear_step_macs(cfg), trained)
+    dtype = resolve_precision(precision or cfg.precision, device, lambda: linear_step_macs(cfg), trained)
+    if device.type == "cpu" and not in_hardware(dtype, device):  # only when named: auto never picks it there
+        log.warning("precision=%s is emulated on this CPU (no AMX or AVX-512 BF16): it computes several times "
+                    "slower than fp32 here", precision_name(dtype))
+    return dtype
 
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
