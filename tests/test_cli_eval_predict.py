@@ -170,10 +170,12 @@ def test_predict_by_index_is_right_and_seed_is_reproducible(trained_run: Path, t
 
 def test_predict_text_output(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # out_dir='~/...' (quoted) is the home's, as ckpt= is
-    proc = cli("fmnist-predict", f"ckpt={trained_run / 'best.pt'}", "index=3", "topk=5", "out_dir='~/preds'",
+    proc = cli("fmnist-predict", f"ckpt={trained_run / 'best.pt'}", "index=3", "topk=10", "out_dir='~/preds'",
                cwd=tmp_path)
     assert proc.stdout.startswith("test image #3: predicted ")
-    assert len([line for line in proc.stdout.splitlines() if line.startswith("  ")]) == 5
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert len(rows) == 10 and rows[0].startswith("   1. ") and rows[9].startswith("  10. "), rows
+    assert len({len(row) for row in rows}) == 1 and all(row.endswith("%") for row in rows), rows  # one table
     assert_real_png(tmp_path / "home" / "preds" / "prediction-test-3.png")
     assert not (tmp_path / "~").exists()
 

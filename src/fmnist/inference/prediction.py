@@ -90,5 +90,7 @@ def _as_text(result: dict[str, Any]) -> str:
     head = f"{where}: predicted {result['predicted']}"
     if result["true"] is not None:
         head += f", true {result['true']} ({'right' if result['correct'] else 'wrong'})"
-    rows = [f"  {i}. {t['class']:<16} {t['probability']:7.2%}" for i, t in enumerate(result["topk"], 1)]
+    top = result["topk"]
+    rank, name = len(str(len(top))), max(len(t["class"]) for t in top)  # columns aligned at topk=10, long names
+    rows = [f"  {i:>{rank}}. {t['class']:<{name}}  {t['probability']:7.2%}" for i, t in enumerate(top, 1)]
     return "\n".join([head, *rows, f"figure: {result['figure']}"])
