@@ -9,6 +9,7 @@ import torch
 from helpers import settings
 
 from fmnist.config import InspectConfig, config_dir
+from fmnist.errors import UserError
 from fmnist.inference.restore import restore
 from fmnist.train.setup import build_loss, build_model, build_optimizer, build_scheduler, use_channels_last
 
@@ -56,6 +57,15 @@ def test_a_cosine_schedule_shorter_than_the_run_is_named(caplog: pytest.LogCaptu
         caplog.clear()
         build_scheduler(cfg, build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu")), 5)
         assert ("past it the cosine rate rises again" in caplog.text) == warned, (overrides, caplog.text)
+
+
+def test_a_schedule_that_starts_below_zero_is_refused():
+    """Keys added with + pass no validation table; torch's one-cycle takes a negative div_factor and trains with
+    a negative rate (gradient ascent)."""
+    cfg = settings("scheduler=onecycle", "+scheduler.div_factor=-5")
+    optimizer = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu"))
+    with pytest.raises(UserError, match=r"scheduler: the learning rate would start at -0.0002; it must be"):
+        build_scheduler(cfg, optimizer, steps_per_epoch=5)
 
 
 @pytest.mark.parametrize("name", options("loss"))

@@ -112,7 +112,11 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
     if isinstance(node.get("T_max"), int) and node["T_max"] < length:  # a resumed cosine run trained for longer
         log.warning("scheduler.T_max=%d is shorter than the run (%d %s): past it the cosine rate rises again",
                     node["T_max"], length, "steps" if interval == "step" else "epochs")
-    return _make("scheduler", node, optimizer), interval
+    scheduler = _make("scheduler", node, optimizer)
+    start = min(group["lr"] for group in optimizer.param_groups)
+    if not start >= 0:  # keys added with + (`+scheduler.div_factor=-5`) reach torch unchecked, and it trains so
+        raise UserError(f"scheduler: the learning rate would start at {start:g}; it must be a number >= 0")
+    return scheduler, interval
 
 
 def use_channels_last(model: nn.Module, device: torch.device, setting: bool | str) -> bool:
