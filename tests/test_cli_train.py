@@ -186,6 +186,16 @@ def test_cuda_where_there_is_none(tmp_path: Path):
                                                               check=False))
 
 
+def test_a_model_larger_than_the_memory_is_refused_before_the_data_is_read(tmp_path: Path):
+    """64 layers of 65,536 units: every value valid, 275 billion parameters, an allocator's traceback or the
+    OOM killer if built."""
+    hidden = f"model.hidden=[{','.join(['65536'] * 64)}]"
+    line = one_line_error(cli("fmnist-train", "model=mlp", hidden, *FAST, "hydra.run.dir=run", cwd=tmp_path,
+                              check=False))
+    assert "the model has 270,639,169,546 parameters: its weights and gradients alone need 2016.4 GiB" in line
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
+
+
 def test_nan_loss_stops_with_a_clear_message(tmp_path: Path):
     proc = cli("fmnist-train", "model=mlp", "optimizer=sgd", "optimizer.lr=1e12", "optimizer.momentum=0.0", *FAST,
                cwd=tmp_path, check=False)

@@ -157,6 +157,20 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes `device` can still give a process (the kernel's MemAvailable on a CPU), or None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator a run touches, so the same seed and config give the same metrics on CPU."""
     random.seed(seed)

@@ -23,7 +23,7 @@ from fmnist.artifacts.allowlist import check_stored_config
 from fmnist.config import TrainConfig, stored_train_config
 from fmnist.errors import UserError, one_line
 from fmnist.models import Classifier
-from fmnist.runtime import in_hardware, precision_name, resolve_precision
+from fmnist.runtime import free_memory, in_hardware, precision_name, resolve_precision
 
 log = logging.getLogger("fmnist")
 
@@ -62,6 +62,21 @@ def linear_step_macs(cfg: TrainConfig) -> int | None:
     if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules()):
         return None
     return cfg.batch_size * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def check_model_fits(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before any data is read, a model whose weights and gradients alone exceed the memory `device` has
+    free: `model.hidden=[65536,65536,65536]` is valid key by key, and would otherwise end in an allocator's
+    traceback or the kernel's OOM killer. Optimizer state and activations come on top, so this is a floor."""
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build_model(cfg).parameters())
+    except UserError:
+        return  # reported where the model is built for real
+    need, free = 2 * 4 * n, free_memory(device)  # fp32 weights and their gradients
+    if free is not None and need > free:
+        raise UserError(f"the model has {n:,} parameters: its weights and gradients alone need {need / 2**30:.1f} "
+                        f"GiB, and the {device.type} has {free / 2**30:.1f} GiB free; choose a smaller model")
 
 
 def training_precision(cfg: TrainConfig, device: torch.device, precision: str | None = None,
