@@ -113,6 +113,8 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     (("scheduler=onecycle", "scheduler.T_mx=3"), ""),  # T_max is cosine's, not the chosen schedule's
     (("scheduler=onecycle", "scheduler.div_factor=3"), ""),  # not scheduler.interval, for the prefix they share
     (("optimzer.lr=1",), " (did you mean optimizer.lr?)"),
+    (("--multirun", "model=mlp,cnn", "model.chanels=[8]"), " (did you mean model.channels?)"),  # each one swept
+    (("experiment=fashion_speedrun", "model.widht=[8]"), " (did you mean model.widths?)"),  # speednet, its model
 ])
 def test_a_mistyped_key_is_matched_among_the_keys_of_the_options_chosen(tmp_path: Path, overrides: tuple[str, ...],
                                                                        hint: str):

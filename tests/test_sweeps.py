@@ -67,7 +67,8 @@ def test_a_combination_that_does_not_compose_is_refused_before_any_job_runs(tmp_
     proc = cli("fmnist-train", "--multirun", "optimizer=sgd,rmsprop", "optimizer.nesterov=true", "model=mlp",
                "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "optimizer.nesterov is not a setting of the optimizer chosen" in proc.stderr.strip().splitlines()[-1]
+    assert "optimizer.nesterov is not a setting of optimizer=rmsprop (only of other optimizer options)" in \
+        proc.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.glob("sweep/*/best.pt"))
 
 

@@ -273,7 +273,10 @@ def _composition(exc: ConfigCompositionException, prog: str, config_name: str, o
             return (f"{key} is not a setting of {prog}: it comes from the checkpoint's training config "
                     f"({prog} --help lists the settings)")
         if key in _known_keys(config_name):  # e.g. optimizer.nesterov with optimizer=rmsprop
-            return (f"{key} is not a setting of the {group} chosen (only of other {group} options): drop it, "
+            lacking = [o for o in _chosen_options(config_name, overrides).get(group, [])
+                       if key not in _config_keys(config_name, _option_files({group: [o]}))]
+            which = f"{group}={','.join(lacking)}" if lacking else f"the {group} chosen"
+            return (f"{key} is not a setting of {which} (only of other {group} options): drop it, "
                     f"or choose an option that has it")
         hint = _closest(key, _chosen_keys(config_name, overrides))
         return f"{key} is not a config key{hint}; to add a new key on purpose, write +{key}=VALUE"
@@ -329,15 +332,43 @@ def override_parts(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def _chosen_keys(config_name: str, overrides: list[str]) -> list[str]:
-    """Dotted keys of the primary config and of the options chosen (the defaults list's, or the command's
-    `group=option`): what a mistyped key may have meant, never a key of an option not chosen."""
-    chosen = dict(_default_choices(config_name))
+def _chosen_options(config_name: str, overrides: list[str]) -> dict[str, list[str]]:
+    """group -> the options this command composes, as Hydra ranks them: the defaults list's, then those an
+    experiment chosen overrides, then the command's `group=option` (each option of a sweep's `model=mlp,cnn`
+    or `choice(mlp,cnn)`)."""
+    chosen: dict[str, list[str]] = {}
+    for group, option in _default_choices(config_name).items():
+        chosen[group] = [option] if isinstance(option, str) else [o for o in option or [] if isinstance(o, str)]
+    named: dict[str, list[str]] = {}
     for override in overrides:
-        group, option = override_parts(override)
-        chosen[group] = option
-    files = {group: Path(CONFIG_DIR) / group / f"{option}.yaml" for group, option in chosen.items()}
-    return _config_keys(config_name, lambda group: [files[group]] if group in files and files[group].is_file() else [])
+        group, value = override_parts(override)
+        value = value.strip()
+        if value.startswith("choice(") and value.endswith(")"):
+            value = value[len("choice("):-1]
+        named[group] = [v.strip().strip("'\"") for v in value.split(",") if v.strip()]
+    by_experiments: dict[str, list[str]] = {}
+    for experiment in named.get("experiment", chosen.get("experiment", [])):  # its `override /model: speednet`
+        path = Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml"
+        entries = (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.is_file() else []
+        for entry in entries:
+            for key, option in entry.items() if isinstance(entry, dict) else ():
+                if key.startswith("override /") and isinstance(option, str):
+                    by_experiments.setdefault(key.removeprefix("override /"), []).append(option)
+    return chosen | by_experiments | named
+
+
+def _option_files(chosen: dict[str, list[str]]) -> Callable[[str], list[Path]]:
+    """For _config_keys: the files of the options `chosen` for a group (those that exist)."""
+    def files(group: str) -> list[Path]:
+        paths = (Path(CONFIG_DIR) / group / f"{option}.yaml" for option in chosen.get(group, []))
+        return [path for path in paths if path.is_file()]
+    return files
+
+
+def _chosen_keys(config_name: str, overrides: list[str]) -> list[str]:
+    """Dotted keys of the primary config and of the options chosen (_chosen_options): what a mistyped key may
+    have meant, never a key of an option not chosen."""
+    return _config_keys(config_name, _option_files(_chosen_options(config_name, overrides)))
 
 
 def _config_keys(config_name: str, options: Callable[[str], Iterable[Path]]) -> list[str]:
