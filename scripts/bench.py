@@ -45,7 +45,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
 import subprocess
@@ -326,8 +325,9 @@ def load_rows(pair: str, root: str, seconds: float) -> list[dict[str, object]]:
         if trainings == 1 and busy == 0:
             alone[policy, threads] = rates[0]
         each = median(rates)
+        own = alone.get((policy, threads))  # None: the case has no run alone of its own (1 thread each)
         rows.append({"pair": pair, "case": label, "samples_per_s": each,
-                     "ratio": each / alone.get((policy, threads), math.nan), "ratio_default": each / alone[None, 2]})
+                     "ratio": each / own if own else None, "ratio_default": each / alone[None, 2]})
         print(f"  {pair} {label}: {each:,.0f} samples/s", file=sys.stderr)
     return rows
 
@@ -566,8 +566,8 @@ def main() -> int:
               f" {args.load_seconds:.0f} s per training after a warm-up epoch)\n")
         print_table(["model:dataset", "case", "samples/s per training:", "x the same run alone:",
                      "x OpenMP default alone:"],
-                    [[str(r["pair"]), str(r["case"]), f"{r['samples_per_s']:,.0f}", f"{r['ratio']:.2f}",
-                      f"{r['ratio_default']:.2f}"]
+                    [[str(r["pair"]), str(r["case"]), f"{r['samples_per_s']:,.0f}",
+                      "—" if r["ratio"] is None else f"{r['ratio']:.2f}", f"{r['ratio_default']:.2f}"]
                      for r in load])
         if args.json:
             args.json.write_text(json.dumps({"load": load}, indent=2))
