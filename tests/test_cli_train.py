@@ -188,8 +188,8 @@ def test_cuda_where_there_is_none(tmp_path: Path):
                                                               check=False))
 
 
-def test_a_model_larger_than_the_memory_is_refused_before_the_data_is_read(tmp_path: Path):
-    """64 layers of 65,536 units: every value valid, 275 billion parameters, an allocator's traceback or the
+def test_a_model_larger_than_the_memory_is_refused_in_one_line(tmp_path: Path):
+    """64 layers of 65,536 units: every value valid, 270 billion parameters, an allocator's traceback or the
     OOM killer if built."""
     hidden = f"model.hidden=[{','.join(['65536'] * 64)}]"
     line = one_line_error(cli("fmnist-train", "model=mlp", hidden, *FAST, "hydra.run.dir=run", cwd=tmp_path,
