@@ -48,18 +48,23 @@ def build_model(cfg: TrainConfig) -> Classifier:
     return _make("model", cfg.model, log_probs=cfg.loss.get("_target_") in LOG_PROB_LOSSES)
 
 
-def linear_step_macs(cfg: TrainConfig) -> int | None:
-    """Multiply-adds of one training batch's forward pass where the model is made of Linear layers only (each
-    layer's weights once per image; None where it has a convolution), sized on the meta device: no memory, and
-    no forward pass (a first one on the meta device imports sympy, 1.5 s). None too where the model cannot be
-    built there (a class of the user's own that needs real numbers to initialise): its size is then unknown,
-    and a config that cannot build at all is reported where the model is built for real."""
+def _meta_model(cfg: TrainConfig) -> Classifier | None:
+    """cfg's model on the meta device (shapes, no memory), to size it before it is built for real; None where it
+    cannot be built there (a class of the user's own that needs real numbers to initialise): its size is then
+    unknown, and a config that cannot build at all is reported where the model is built for real."""
     try:
         with torch.device("meta"):
-            model = build_model(cfg)
+            return build_model(cfg)
     except UserError:
         return None
-    if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules()):
+
+
+def linear_step_macs(cfg: TrainConfig) -> int | None:
+    """Multiply-adds of one training batch's forward pass where the model is made of Linear layers only (each
+    layer's weights once per image; None where it has a convolution or is not sized: _meta_model), counted
+    without a forward pass (a first one on the meta device imports sympy, 1.5 s)."""
+    model = _meta_model(cfg)
+    if model is None or any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules()):
         return None
     return cfg.batch_size * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
 
@@ -68,11 +73,10 @@ def check_model_fits(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse, before any data is read, a model whose weights and gradients alone exceed the memory `device` has
     free: `model.hidden=[65536,65536,65536]` is valid key by key, and would otherwise end in an allocator's
     traceback or the kernel's OOM killer. Optimizer state and activations come on top, so this is a floor."""
-    try:
-        with torch.device("meta"):
-            n = sum(p.numel() for p in build_model(cfg).parameters())
-    except UserError:
-        return  # reported where the model is built for real
+    model = _meta_model(cfg)
+    if model is None:
+        return
+    n = sum(p.numel() for p in model.parameters())
     need, free = 2 * 4 * n, free_memory(device)  # fp32 weights and their gradients
     if free is not None and need > free:
         raise UserError(f"the model has {n:,} parameters: its weights and gradients alone need {need / 2**30:.1f} "
