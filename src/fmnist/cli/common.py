@@ -303,7 +303,13 @@ def _primary(config_name: str) -> dict[str, Any]:
 @cache
 def _default_choices(config_name: str) -> dict[str, Any]:
     """The primary config's defaults list as group -> option (Hydra's `override hydra/...` entries included)."""
-    return {k: v for e in _primary(config_name).get("defaults", []) if isinstance(e, dict) for k, v in e.items()}
+    return _defaults_list(_primary(config_name))
+
+
+def _defaults_list(node: Any) -> dict[str, Any]:
+    """A config's defaults list as {entry: option}, e.g. {"model": "cnn"}, {"override /model": "speednet"}."""
+    entries = node.get("defaults", []) if isinstance(node, dict) else []
+    return {k: v for e in entries if isinstance(e, dict) for k, v in e.items()}
 
 
 @cache
@@ -349,11 +355,9 @@ def _chosen_options(config_name: str, overrides: list[str]) -> dict[str, list[st
     by_experiments: dict[str, list[str]] = {}
     for experiment in named.get("experiment", chosen.get("experiment", [])):  # its `override /model: speednet`
         path = Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml"
-        entries = (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.is_file() else []
-        for entry in entries:
-            for key, option in entry.items() if isinstance(entry, dict) else ():
-                if key.startswith("override /") and isinstance(option, str):
-                    by_experiments.setdefault(key.removeprefix("override /"), []).append(option)
+        for key, option in _defaults_list(yaml.safe_load(path.read_text()) if path.is_file() else None).items():
+            if key.startswith("override /") and isinstance(option, str):
+                by_experiments.setdefault(key.removeprefix("override /"), []).append(option)
     return chosen | by_experiments | named
 
 
