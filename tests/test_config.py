@@ -41,6 +41,21 @@ def test_bad_values_are_named(override: str, expected: str):
     assert expected in str(info.value)
 
 
+def test_a_model_setting_its_class_does_not_take_names_the_models_that_have_it():
+    """An experiment written for one model, run with another: its keys for the first reach the second."""
+    with pytest.raises(UserError) as info:
+        validate(compose("experiment=fashion_speedrun", "model=cnn"))
+    assert str(info.value).startswith("model.widths is not a setting of fmnist.models.CNN (model=bn_cnn, "
+                                      "bn_cnn_wide, cnn) but of model=speednet: choose that model, or drop "
+                                      "the key (~model.widths)")
+    with pytest.raises(UserError, match=r"^model.depthh is not a setting of fmnist.models.SpeedNet \(model="
+                                        r"speednet\): drop the key"):
+        validate(compose("model=speednet", "+model.depthh=2"))
+    validate(compose("experiment=fashion_speedrun", "model=cnn", "~model.widths", "~model.head_grid",
+                     "~model.pool_before_norm"))
+    validate(compose("model._target_=mypkg.Net", "+model.anything=1"))  # not one of fmnist's models: its own
+
+
 def test_cuda_where_there_is_none_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

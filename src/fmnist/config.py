@@ -16,9 +16,11 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist.errors import UserError
@@ -339,11 +341,39 @@ def _check_train_combinations(cfg: DictConfig) -> None:
                         f"{cfg.scheduler.epochs}): set scheduler.epochs to at least epochs (a resumed run keeps "
                         f"its schedule: start a new run to train longer)")
     check_available(cfg.get("logger") or {})
+    _check_model_keys(cfg.model)
     if len(cfg.dataset.classes) != cfg.dataset.num_classes:
         raise UserError(
             f"dataset.classes has {len(cfg.dataset.classes)} names but dataset.num_classes="
             f"{cfg.dataset.num_classes}"
         )
+
+
+@cache
+def _model_options() -> dict[str, dict[str, frozenset[str]]]:
+    """The model classes that conf/model/ names, each with its options and the keys each option sets."""
+    classes: dict[str, dict[str, frozenset[str]]] = {}
+    files = {f.stem: yaml.safe_load(f.read_text()) or {} for f in sorted((config_dir() / "model").glob("*.yaml"))}
+    for option, node in files.items():
+        keys, target = set(node), node.get("_target_")
+        for parent in (d for d in node.get("defaults", []) if isinstance(d, str) and d in files):
+            keys |= set(files[parent])
+            target = target or files[parent].get("_target_")
+        if target:
+            classes.setdefault(target, {})[option] = frozenset(keys - {"defaults"})
+    return classes
+
+
+def _check_model_keys(model: DictConfig) -> None:
+    """A key that fmnist's model class would refuse as an unexpected argument, named before any run starts:
+    an experiment= preset written for one model and run with another passes its keys on."""
+    options = _model_options().get(model.get("_target_"), {})
+    known = frozenset().union(*options.values())
+    for key in (k for k in model if options and k not in known):
+        others = sorted(o for keys in _model_options().values() for o, k in keys.items() if key in k)
+        where = f" but of model={', '.join(others)}: choose that model, or drop" if others else ": drop"
+        raise UserError(f"model.{key} is not a setting of {model._target_} (model={', '.join(sorted(options))})"
+                        f"{where} the key (~model.{key})")
 
 
 # ---- the settings, typed: what the rest of fmnist reads ------------------------------------------------
