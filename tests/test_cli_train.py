@@ -129,7 +129,7 @@ def test_a_mistyped_key_is_matched_among_the_keys_of_the_options_chosen(tmp_path
     ("eval", ["ckpt=missing.pt"], 2), ("predict", ["image=missing.png"], 2), ("eval", [], 2),
     ("eval", ["ckpt='~nobody_fmnist/best.pt'"], 2), ("train", ["dataset.root=nowhere", "dataset.download=false"], 2),
     ("train", ["--multirun", "model=mlp,resnet"], 2), ("train", ["-m", "model=mlp,cnn", "modle=3"], 2),
-    ("train", ["experiment=fashion_speedrun", "model=cnn"], 2),
+    ("train", ["experiment=fashion_speedrun", "model=cnn"], 2), ("train", ["resume=nowhere"], 2),
 ])
 def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_path: Path, tool: str,
                                                                          args: list[str], code: int):

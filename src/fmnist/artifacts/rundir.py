@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from fmnist.artifacts.atomic import ensure_dir, write_atomically
 from fmnist.artifacts.tracking import RunInfo, Trackers
 from fmnist.errors import UserError
+from fmnist.paths import user_path
 
 if TYPE_CHECKING:  # torch only where checkpoints are written or read: fmnist-eval finds latest_checkpoint without it
     import torch
@@ -55,6 +56,20 @@ OUTPUT_DIRS = (Path("outputs"), Path("multirun"))  # where fmnist-train puts run
 
 
 log = logging.getLogger("fmnist")
+
+
+def resume_source(setting: str | None, out_dir: Path) -> Path | None:
+    """resume=auto: this run directory's last.pt if there is one; resume=PATH: a checkpoint or a run dir."""
+    if not setting:
+        return None
+    if setting == "auto":
+        candidate = out_dir / LAST
+        return candidate if candidate.is_file() else None
+    path = user_path(setting)
+    path = path / LAST if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"resume={setting}: there is no checkpoint at {path}")
+    return path
 
 
 class RunDirectoryInUse(UserError):

@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fmnist.artifacts.rundir import resume_source
 from fmnist.cli.common import end_worker_without_teardown, hydra_app, override_parts, report_user_errors
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
@@ -37,11 +38,13 @@ def checked(cfg: DictConfig) -> TrainConfig:
 
 def checked_before_run(cfg: DictConfig) -> TrainConfig:
     """A single run's settings, checked before Hydra makes its run directory, and its data found (or fetched):
-    a run without its data is refused in one line and leaves nothing behind. A resumed run checks its
-    checkpoint's dataset once it has read it."""
+    a run without its data, or resumed from a checkpoint that is not there, is refused in one line and leaves
+    nothing behind. A resumed run checks its checkpoint's dataset once it has read it."""
     settings = checked(cfg)
     if settings.resume is None:
         find_data(settings.dataset)
+    elif settings.resume != "auto":  # auto looks in the run directory, which Hydra has yet to name
+        resume_source(settings.resume, Path.cwd())
     return settings
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.artifacts.report import Mistakes, class_report, most_confident_mistakes
-from fmnist.artifacts.rundir import FollowerRunDir, RunDir
+from fmnist.artifacts.rundir import FollowerRunDir, RunDir, resume_source
 from fmnist.artifacts.tracking import Launch, RunInfo, Trackers, make_trackers, step_interval
 from fmnist.config import TrainConfig, check_world, lookup
 from fmnist.data.batches import Shard, load_split, make_batches
@@ -32,7 +32,7 @@ from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
 from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
 from fmnist.train.setup import build_training, check_model_fits, training_precision
-from fmnist.train.state import TrainState, resume_source, resume_state, resumed_config
+from fmnist.train.state import TrainState, resume_state, resumed_config
 from fmnist.train.step import make_step
 from fmnist.world import World
 

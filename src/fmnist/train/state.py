@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmnist.artifacts.rundir import LAST
 from fmnist.config import TrainConfig, lookup
 from fmnist.data.batches import Batches
 from fmnist.errors import UserError, one_line
-from fmnist.paths import user_path
 from fmnist.runtime import precision_name
 from fmnist.train.loop import EpochStats
 from fmnist.train.setup import Training, config_from_checkpoint
@@ -72,20 +70,6 @@ class TrainState:
             "metrics": {"history": self.history, **self.summary(status)},
             "rng": rng_state(),
         }
-
-
-def resume_source(setting: str | None, out_dir: Path) -> Path | None:
-    """resume=auto: this run directory's last.pt if there is one; resume=PATH: a checkpoint or a run dir."""
-    if not setting:
-        return None
-    if setting == "auto":
-        candidate = out_dir / LAST
-        return candidate if candidate.is_file() else None
-    path = user_path(setting)
-    path = path / LAST if path.is_dir() else path
-    if not path.is_file():
-        raise UserError(f"resume={setting}: there is no checkpoint at {path}")
-    return path
 
 
 def resumed_config(ckpt: dict[str, Any], path: Path, current: TrainConfig, named: frozenset[str],
