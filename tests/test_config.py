@@ -45,11 +45,11 @@ def test_a_model_setting_its_class_does_not_take_names_the_models_that_have_it()
     """An experiment written for one model, run with another: its keys for the first reach the second."""
     with pytest.raises(UserError) as info:
         validate(compose("experiment=fashion_speedrun", "model=cnn"))
-    assert str(info.value).startswith("model.widths is not a setting of fmnist.models.CNN (model=bn_cnn, "
-                                      "bn_cnn_wide, cnn) but of model=speednet: choose that model, or drop "
-                                      "the key (~model.widths)")
+    assert str(info.value) == ("model.widths, model.head_grid, model.pool_before_norm are not settings of "
+                               "fmnist.models.CNN (model=bn_cnn, bn_cnn_wide, cnn) but of model=speednet: choose "
+                               "that model, or drop them (~model.widths ~model.head_grid ~model.pool_before_norm)")
     with pytest.raises(UserError, match=r"^model.depthh is not a setting of fmnist.models.SpeedNet \(model="
-                                        r"speednet\): drop the key"):
+                                        r"speednet\): drop it \(~model.depthh\)$"):
         validate(compose("model=speednet", "+model.depthh=2"))
     validate(compose("experiment=fashion_speedrun", "model=cnn", "~model.widths", "~model.head_grid",
                      "~model.pool_before_norm"))

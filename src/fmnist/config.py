@@ -365,15 +365,19 @@ def _model_options() -> dict[str, dict[str, frozenset[str]]]:
 
 
 def _check_model_keys(model: DictConfig) -> None:
-    """A key that fmnist's model class would refuse as an unexpected argument, named before any run starts:
-    an experiment= preset written for one model and run with another passes its keys on."""
+    """Keys that fmnist's model class would refuse as unexpected arguments, named before any run starts: an
+    experiment= preset written for one model and run with another passes its keys on."""
     options = _model_options().get(model.get("_target_"), {})
     known = frozenset().union(*options.values())
-    for key in (k for k in model if options and k not in known):
-        others = sorted(o for keys in _model_options().values() for o, k in keys.items() if key in k)
-        where = f" but of model={', '.join(others)}: choose that model, or drop" if others else ": drop"
-        raise UserError(f"model.{key} is not a setting of {model._target_} (model={', '.join(sorted(options))})"
-                        f"{where} the key (~model.{key})")
+    unknown = [k for k in model if options and k not in known]
+    if not unknown:
+        return
+    keys = ", ".join(f"model.{k}" for k in unknown)
+    others = sorted(o for per_option in _model_options().values() for o, k in per_option.items() if set(unknown) <= k)
+    where = f" but of model={', '.join(others)}: choose that model, or drop" if others else ": drop"
+    raise UserError(f"{keys} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of "
+                    f"{model._target_} (model={', '.join(sorted(options))}){where} "
+                    f"{'it' if len(unknown) == 1 else 'them'} ({' '.join(f'~model.{k}' for k in unknown)})")
 
 
 # ---- the settings, typed: what the rest of fmnist reads ------------------------------------------------
