@@ -195,7 +195,8 @@ def test_a_model_larger_than_the_memory_is_refused_in_one_line(tmp_path: Path):
     hidden = f"model.hidden=[{','.join(['65536'] * 64)}]"
     line = one_line_error(cli("fmnist-train", "model=mlp", hidden, *FAST, "hydra.run.dir=run", cwd=tmp_path,
                               check=False))
-    assert "the model has 270,639,169,546 parameters: its weights and gradients alone need 2016.4 GiB" in line
+    assert ("the model has 270,639,169,546 parameters: its weights, gradients and optimizer state alone need "
+            "4032.8 GiB") in line
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
 

@@ -11,7 +11,15 @@ from helpers import settings
 from fmnist.config import InspectConfig, config_dir
 from fmnist.errors import UserError
 from fmnist.inference.restore import restore
-from fmnist.train.setup import build_loss, build_model, build_optimizer, build_scheduler, use_channels_last
+from fmnist.train import setup
+from fmnist.train.setup import (
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    check_model_fits,
+    use_channels_last,
+)
 
 
 def options(group: str) -> list[str]:
@@ -66,6 +74,24 @@ def test_a_schedule_that_starts_below_zero_is_refused():
     optimizer = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu"))
     with pytest.raises(UserError, match=r"scheduler: the learning rate would start at -0.0002; it must be"):
         build_scheduler(cfg, optimizer, steps_per_epoch=5)
+
+
+@pytest.mark.parametrize(("overrides", "copies"), [
+    (("optimizer=adam",), 4), (("optimizer=adam", "+optimizer.amsgrad=true"), 5), (("optimizer=adamw",), 4),
+    (("optimizer=sgd", "optimizer.momentum=0"), 2), (("optimizer=sgd", "optimizer.momentum=0.9"), 3),
+    (("optimizer=rmsprop",), 3), (("optimizer=rmsprop", "+optimizer.centered=true", "optimizer.momentum=0.9"), 5),
+])
+def test_a_model_is_sized_with_its_optimizers_state(monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...],
+                                                   copies: int):
+    """Weights, gradients and the state the optimizer keeps per weight (Adam's two moments), all fp32: a model
+    that fits the first two can still take the machine down at the first optimizer step."""
+    cfg = settings("model=mlp", *overrides)
+    n = sum(p.numel() for p in build_model(cfg).parameters())
+    monkeypatch.setattr(setup, "free_memory", lambda device: copies * 4 * n)
+    check_model_fits(cfg, torch.device("cpu"))
+    monkeypatch.setattr(setup, "free_memory", lambda device: copies * 4 * n - 1)
+    with pytest.raises(UserError, match=f"the model has {n:,} parameters: its weights"):
+        check_model_fits(cfg, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name", options("loss"))

@@ -70,17 +70,34 @@ def linear_step_macs(cfg: TrainConfig) -> int | None:
 
 
 def check_model_fits(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, before any data is read, a model whose weights and gradients alone exceed the memory `device` has
-    free: `model.hidden=[65536,65536,65536]` is valid key by key, and would otherwise end in an allocator's
-    traceback or the kernel's OOM killer. Optimizer state and activations come on top, so this is a floor."""
+    """Refuse, before any data is read, a model whose weights, gradients and optimizer state alone exceed the
+    memory `device` has free: `model.hidden=[65536,65536,65536]` is valid key by key, and would otherwise end in
+    an allocator's traceback or the kernel's OOM killer. Activations come on top, so this is a floor."""
     model = _meta_model(cfg)
     if model is None:
         return
     n = sum(p.numel() for p in model.parameters())
-    need, free = 2 * 4 * n, free_memory(device)  # fp32 weights and their gradients
+    state = _optimizer_state_per_weight(cfg)
+    need, free = (2 + state) * 4 * n, free_memory(device)  # fp32 weights, their gradients, the optimizer's state
     if free is not None and need > free:
-        raise UserError(f"the model has {n:,} parameters: its weights and gradients alone need {need / 2**30:.1f} "
-                        f"GiB, and the {device.type} has {free / 2**30:.1f} GiB free; choose a smaller model")
+        what = "weights, gradients and optimizer state" if state else "weights and gradients"
+        raise UserError(f"the model has {n:,} parameters: its {what} alone need {need / 2**30:.1f} GiB, and "
+                        f"the {device.type} has {free / 2**30:.1f} GiB free; choose a smaller model")
+
+
+def _optimizer_state_per_weight(cfg: TrainConfig) -> int:
+    """Values of state cfg's optimizer keeps per weight (Adam: 2, SGD with momentum: 1), counted after one step
+    on a stand-in weight rather than looked up, so that any option and any optimizer of the user's own count
+    right; 0 where that step cannot be taken (an optimizer that needs a closure)."""
+    weight = torch.zeros(8, requires_grad=True)
+    weight.grad = torch.ones(8)
+    optimizer = build_optimizer(cfg, [weight], torch.device("cpu"))
+    try:
+        optimizer.step()
+    except (RuntimeError, TypeError, ValueError):
+        return 0
+    return sum(t.numel() for state in optimizer.state.values() for t in state.values()
+               if isinstance(t, torch.Tensor) and t.shape == weight.shape) // weight.numel()
 
 
 def training_precision(cfg: TrainConfig, device: torch.device, precision: str | None = None,
