@@ -73,8 +73,13 @@ def test_a_combination_that_does_not_compose_is_refused_before_any_job_runs(tmp_
 
 
 def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path):
-    cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=1e-3,1e-2", "dataset=mnist", *FAST,
-        "hydra.sweep.dir=sweep", cwd=tmp_path)
+    """Also: a sampler's long floats are shown to four digits where the summary is read, kept exact in the CSV."""
+    proc = cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=0.0005611516415334506,1e-2", "dataset=mnist",
+               *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert "optimizer.lr=0.0005612\n" in proc.stdout + proc.stderr
+    assert "`optimizer.lr=0.0005612`" in (tmp_path / "sweep" / "sweep_summary.md").read_text()
+    assert {r["swept"] for r in summary(tmp_path / "sweep")} == {"optimizer.lr=0.0005611516415334506",
+                                                                 "optimizer.lr=0.01"}
     sweep = tmp_path / "sweep"
     for name in ("sweep_summary.csv", "sweep_summary.md", "sweep.png"):
         (sweep / name).unlink()

@@ -157,13 +157,14 @@ def _write(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     common = common_overrides(rows)
+    shown = [{**r, "swept": readable(r["swept"])} for r in rows]
     write_atomically(sweep_dir / SUMMARY_CSV, lambda tmp: tmp.write_text(table.getvalue()))
-    write_atomically(sweep_dir / SUMMARY_MD, lambda tmp: tmp.write_text(_markdown(rows, common)))
+    write_atomically(sweep_dir / SUMMARY_MD, lambda tmp: tmp.write_text(_markdown(shown, common)))
     if rows:
         from fmnist.artifacts.plots import plot_sweep  # matplotlib: only when drawing
 
-        plot_sweep(rows, swept_numeric_parameter(rows), sweep_dir / SWEEP_PNG)
-    page = sweep_page(rows, sweep_dir, common=common, failed=sum(r["status"] in FAILED for r in rows),
+        plot_sweep(shown, swept_numeric_parameter(rows), sweep_dir / SWEEP_PNG)
+    page = sweep_page(shown, sweep_dir, common=common, failed=sum(r["status"] in FAILED for r in rows),
                       plot=sweep_dir / SWEEP_PNG)
     write_atomically(sweep_dir / REPORT, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
@@ -204,6 +205,20 @@ def _markdown(rows: list[dict[str, Any]], common: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readable(overrides: str) -> str:
+    """Overrides with a sampler's long floats to four significant digits (optimizer.lr=0.0005611516415334506 ->
+    0.0005612), where a person reads them; the CSV and each job's .hydra/overrides.yaml keep them exact."""
+    def short(override: str) -> str:
+        key, _, value = override.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            return override
+        text = f"{number:.4g}"
+        return f"{key}={text}" if any(c in value for c in ".eE") and len(text) < len(value) else override
+    return " ".join(short(o) for o in overrides.split())
+
+
 def _pct(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
 
@@ -224,9 +239,9 @@ def report(sweep_dir: Path) -> int:
     for r in rows[:5]:
         if r["status"] not in FAILED:
             log.info("  job %s  val %s  test %s  %s", r["job"], _pct(r["best_val_acc"]), _pct(r["test_acc"]),
-                     r["swept"])
+                     readable(r["swept"]))
     for r in failed:
-        log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], r["swept"])
+        log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], readable(r["swept"]))
     return len(failed)
 
 
@@ -240,7 +255,7 @@ def default_checkpoint() -> Path:
         if done:
             best = done[0]
             log.info("no ckpt= given: the best job of the latest sweep, %s (job %s, val %s, %s)",
-                     sweep_dir / best["job"] / BEST, best["job"], _pct(best["best_val_acc"]), best["swept"])
+                     sweep_dir / best["job"] / BEST, best["job"], _pct(best["best_val_acc"]), readable(best["swept"]))
             return sweep_dir / best["job"] / BEST
     log.info("no ckpt= given: the latest run's %s", latest)
     return latest
