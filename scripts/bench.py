@@ -374,7 +374,9 @@ def ddp_rows(pair: str, root: str, rounds: int, epochs: int, batch_size: int) ->
 # ---- --sweep: a parallel --multirun against the same sweep one job at a time ---------------------------------
 
 SWEEP = "model=mlp,cnn optimizer.lr=1e-3,3e-3 epochs=1 dataset=fashion"  # 4 jobs: two models x two rates
-SWEEP_CASES = (("one at a time", ("hydra/launcher=basic",)), ("side by side", ()))
+# The third case is the floor's measure: each job alone on one thread, as it runs side by side.
+SWEEP_CASES = (("one at a time", ("hydra/launcher=basic",)), ("side by side", ()),
+               ("1 thread alone", ("hydra/launcher=basic", "threads=1")))
 
 
 def sweep_run(overrides: list[str], root: str, out: Path) -> tuple[float, dict[str, float]]:
@@ -394,8 +396,13 @@ def sweep_run(overrides: list[str], root: str, out: Path) -> tuple[float, dict[s
 
 
 def sweep_rows(sweep: str, root: str, rounds: int) -> list[dict[str, object]]:
-    """Both cases in each round, which one goes first alternating, so a drift in the host's speed falls on
-    both alike; the ratio is taken within each round."""
+    """Every case in each round, the order reversed every other round, so a drift in the host's speed falls on
+    all alike; the ratio and the floor are taken within each round.
+
+    The floor is the ratio of the jobs' own seconds were the jobs side by side, each on one thread, never to slow
+    each other down nor leave a core idle: their seconds alone on one thread over (cores x their seconds one at a
+    time). It is what the machine allows: a job that gets much from a second thread alone gains little from
+    sharing the cores."""
     import tempfile
 
     rows: list[dict[str, object]] = []
@@ -404,22 +411,27 @@ def sweep_rows(sweep: str, root: str, rounds: int) -> list[dict[str, object]]:
             order = SWEEP_CASES if round_ % 2 == 0 else SWEEP_CASES[::-1]
             row: dict[str, object] = {"round": round_ + 1, "first": order[0][0]}
             for label, launcher in order:
-                wall, jobs = sweep_run([*sweep.split(), *launcher], root, Path(tmp) / f"{round_}-{len(launcher)}")
+                out = Path(tmp) / f"{round_}-{SWEEP_CASES.index((label, launcher))}"
+                wall, jobs = sweep_run([*sweep.split(), *launcher], root, out)
                 row[label] = {"wall_s": wall, "jobs_s": jobs}
                 print(f"  round {round_ + 1} {label}: {wall:.1f} s", file=sys.stderr)
-            row["ratio"] = row["side by side"]["wall_s"] / row["one at a time"]["wall_s"]  # type: ignore[index]
+            one, beside, thread = (row[label] for label, _ in SWEEP_CASES)
+            row["ratio"] = beside["wall_s"] / one["wall_s"]  # type: ignore[index]
+            row["floor"] = sum(thread["jobs_s"].values()) / (  # type: ignore[index]
+                usable_cores() * sum(one["jobs_s"].values()))  # type: ignore[index]
             rows.append(row)
     return rows
 
 
-def kept_speed(rows: list[dict[str, object]]) -> dict[str, float]:
-    """Per model swept (else "all"): a job's seconds one at a time over its seconds side by side, the median over
-    jobs and rounds: the share of its speed alone that a job kept beside the others. With n jobs at once on n
-    cores, side by side gains where this is above 1/n; it is what the host's cores give each other."""
+def kept_speed(rows: list[dict[str, object]], alone: str) -> dict[str, float]:
+    """Per model swept (else "all"): a job's seconds in case `alone` over its seconds side by side, the median
+    over jobs and rounds: the share of that speed a job kept beside the others. Against one at a time, side by
+    side gains where it is above 1/n with n jobs at once on n cores; against 1 thread alone, 1.00 means the jobs
+    did not slow each other down."""
     kept: dict[str, list[float]] = {}
     for row in rows:
-        alone, beside = row["one at a time"]["jobs_s"], row["side by side"]["jobs_s"]  # type: ignore[index]
-        for job, seconds in alone.items():
+        base, beside = row[alone]["jobs_s"], row["side by side"]["jobs_s"]  # type: ignore[index]
+        for job, seconds in base.items():
             model = next((o.partition("=")[2] for o in job.split() if o.startswith("model=")), "all")
             kept.setdefault(model, []).append(seconds / beside[job])
     return {model: median(shares) for model, shares in kept.items()}
@@ -483,8 +495,8 @@ def main() -> int:
     parser.add_argument("--ddp-batch", type=int, default=256, help="global batch size of the --ddp runs")
     parser.add_argument("--sweep", nargs="?", const=SWEEP,
                         help="only a --multirun's wall clock, its jobs side by side (the default launcher) against "
-                             f"one at a time (hydra/launcher=basic), in --repeats alternating rounds; the overrides "
-                             f"default to the 4-job sweep '{SWEEP}'")
+                             f"one at a time (hydra/launcher=basic), and the floor their speed on 1 thread allows, in "
+                             f"--repeats alternating rounds; the overrides default to the 4-job sweep '{SWEEP}'")
     parser.add_argument("--eval", nargs="?", const=EVAL_SIZES,
                         help="only evaluation: test-split images/s at each eval_batch_size given (default "
                              f"{EVAL_SIZES}), per pair, in --repeats interleaved rounds")
@@ -497,21 +509,26 @@ def main() -> int:
         return 0
     if args.sweep:
         rows = sweep_rows(args.sweep, args.root, args.repeats)
-        ratios = [float(r["ratio"]) for r in rows]  # type: ignore[arg-type]
+        ratios, floors = ([float(r[key]) for r in rows] for key in ("ratio", "floor"))  # type: ignore[arg-type]
         print(f"\nfmnist-train --multirun {args.sweep} ({machine()}; whole command's wall clock, start-up and "
               f"summary included; the cases alternate which goes first)\n")
-        print_table(["round", "first", "one at a time s:", "side by side s:", "ratio:"],
+        print_table(["round", "first", *(f"{label} s:" for label, _ in SWEEP_CASES), "ratio:", "floor:"],
                     [[str(r["round"]), str(r["first"]), *(f"{r[label]['wall_s']:.1f}" for label, _ in SWEEP_CASES),
-                      f"{r['ratio']:.2f}"] for r in rows])
+                      f"{r['ratio']:.2f}", f"{r['floor']:.2f}"] for r in rows])
         print(f"\nSide by side / one at a time: median {median(ratios):.2f} of {len(ratios)} rounds "
-              f"(lowest {min(ratios):.2f}, highest {max(ratios):.2f}).\n")
+              f"(lowest {min(ratios):.2f}, highest {max(ratios):.2f}). The floor this machine allows: median "
+              f"{median(floors):.2f}, the jobs' seconds alone on 1 thread / ({usable_cores()} x their seconds one "
+              f"at a time), start-up not included.\n")
         jobs = list(rows[0]["one at a time"]["jobs_s"])  # type: ignore[index]
         print_table(["job (its own seconds, median of the rounds)", *(f"{label}:" for label, _ in SWEEP_CASES)],
                     [[job, *(f"{median(r[label]['jobs_s'][job] for r in rows):.1f}" for label, _ in SWEEP_CASES)]
                      for job in jobs])
-        kept = ", ".join(f"{model} {share:.2f}" for model, share in kept_speed(rows).items())
-        print(f"\nEach job's speed side by side as a share of its speed one at a time (median of jobs and rounds; "
-              f"{usable_cores()} jobs at once gain where it is above 1/{usable_cores()}): {kept}")
+        for alone, what in (("one at a time", f"{usable_cores()} jobs at once gain where it is above "
+                                              f"1/{usable_cores()}"),
+                            ("1 thread alone", "1.00: the jobs did not slow each other down")):
+            kept = ", ".join(f"{model} {share:.2f}" for model, share in kept_speed(rows, alone).items())
+            print(f"\nEach job's speed side by side as a share of its speed {alone} (median of jobs and rounds; "
+                  f"{what}): {kept}")
         if args.json:
             args.json.write_text(json.dumps({"machine": machine(), "sweep": args.sweep, "rounds": rows}, indent=2))
         return 0

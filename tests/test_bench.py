@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from statistics import median
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,15 +22,21 @@ def test_sweep_mode_times_a_multirun_side_by_side_and_one_at_a_time(tmp_path: Pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rounds = json.loads((tmp_path / "sweep.json").read_text())["rounds"]
     assert len(rounds) == 1 and rounds[0]["first"] == "one at a time"
-    walls = {case: rounds[0][case]["wall_s"] for case in ("one at a time", "side by side")}
+    cases = ("one at a time", "side by side", "1 thread alone")
+    walls = {case: rounds[0][case]["wall_s"] for case in cases}
     assert rounds[0]["ratio"] == walls["side by side"] / walls["one at a time"]
-    for case in walls:  # each job ran, once, in each case
-        assert sorted(rounds[0][case]["jobs_s"]) == ["optimizer.lr=0.001", "optimizer.lr=0.003"]
-    assert f"| 1 | one at a time | {walls['one at a time']:.1f} | {walls['side by side']:.1f} |" in proc.stdout
+    jobs = {case: rounds[0][case]["jobs_s"] for case in cases}
+    for case in cases:  # each job ran, once, in each case
+        assert sorted(jobs[case]) == ["optimizer.lr=0.001", "optimizer.lr=0.003"]
+    assert rounds[0]["floor"] == pytest.approx(sum(jobs["1 thread alone"].values()) /
+                                               (len(os.sched_getaffinity(0)) * sum(jobs["one at a time"].values())))
+    assert (f"| 1 | one at a time | {walls['one at a time']:.1f} | {walls['side by side']:.1f} | "
+            f"{walls['1 thread alone']:.1f} | {rounds[0]['ratio']:.2f} | {rounds[0]['floor']:.2f} |") in proc.stdout
     assert "median" in proc.stdout and "usable cores" in proc.stdout
-    kept = median(rounds[0]["one at a time"]["jobs_s"][job] / rounds[0]["side by side"]["jobs_s"][job]
-                  for job in rounds[0]["one at a time"]["jobs_s"])
-    assert proc.stdout.rstrip().endswith(f"): all {kept:.2f}")  # no model= swept: one group
+    last_lines = proc.stdout.rstrip().splitlines()[-3:]
+    for alone, line in zip(("one at a time", "1 thread alone"), (last_lines[0], last_lines[2]), strict=True):
+        kept = median(jobs[alone][job] / jobs["side by side"][job] for job in jobs[alone])
+        assert f"of its speed {alone} " in line and line.endswith(f"): all {kept:.2f}")  # no model= swept: one group
 
 
 def test_eval_mode_measures_each_eval_batch_size_and_marks_the_default(tmp_path: Path, data_root: Path):
