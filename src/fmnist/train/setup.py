@@ -73,13 +73,13 @@ def check_model_fits(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse, before any data is read, a model whose weights, gradients and optimizer state alone exceed the
     memory `device` has free: `model.hidden=[65536,65536,65536]` is valid key by key, and would otherwise end in
     an allocator's traceback or the kernel's OOM killer. Activations come on top, so this is a floor."""
-    model = _meta_model(cfg)
-    if model is None:
+    free, model = free_memory(device), _meta_model(cfg)
+    if free is None or model is None:
         return
     n = sum(p.numel() for p in model.parameters())
     state = _optimizer_state_per_weight(cfg)
-    need, free = (2 + state) * 4 * n, free_memory(device)  # fp32 weights, their gradients, the optimizer's state
-    if free is not None and need > free:
+    need = (2 + state) * 4 * n  # fp32 weights, their gradients, the optimizer's state
+    if need > free:
         what = "weights, gradients and optimizer state" if state else "weights and gradients"
         raise UserError(f"the model has {n:,} parameters: its {what} alone need {need / 2**30:.1f} GiB, and "
                         f"the {device.type} has {free / 2**30:.1f} GiB free; choose a smaller model")
