@@ -92,6 +92,15 @@ def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path):
     assert_real_png(sweep / "sweep.png")
 
 
+def test_long_floats_are_shown_short_and_other_overrides_as_they_are():
+    from fmnist.artifacts.sweep import readable
+
+    assert readable("optimizer.lr=1000000000000.0 model=mlp batch_size=1000000 model.dropout=0.30592644736118974 "
+                    "optimizer.lr=0.00001234567 optimizer.lr=1e-3 tta=flip") == \
+        "optimizer.lr=1e12 model=mlp batch_size=1000000 model.dropout=0.3059 optimizer.lr=1.235e-5 " \
+        "optimizer.lr=1e-3 tta=flip"
+
+
 def test_runs_started_together_never_share_a_directory(tmp_path: Path):
     exe = console_script("fmnist-train")
     procs = [subprocess.Popen([str(exe), "model=mlp", "dataset=mnist", "epochs=1", "progress=false"], cwd=tmp_path,

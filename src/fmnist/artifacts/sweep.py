@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -214,7 +215,7 @@ def readable(overrides: str) -> str:
             number = float(value)
         except ValueError:
             return override
-        text = f"{number:.4g}"
+        text = re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", f"{number:.4g}")  # 1e+12 -> 1e12, 1e-05 -> 1e-5
         return f"{key}={text}" if any(c in value for c in ".eE") and len(text) < len(value) else override
     return " ".join(short(o) for o in overrides.split())
 
