@@ -88,10 +88,15 @@ def test_eval_computes_in_the_precision_training_recorded(trained_run: Path, tmp
 
 @pytest.mark.parametrize("tta", ["flip", "flip_translate"])
 def test_eval_with_tta_says_so_and_counts_every_image(trained_run: Path, tmp_path: Path, tta: str):
-    cli("fmnist-eval", f"ckpt={trained_run / 'best.pt'}", f"tta={tta}", f"out_dir={tmp_path}", "progress=false",
-        cwd=tmp_path)
+    proc = cli("fmnist-eval", f"ckpt={trained_run / 'best.pt'}", f"tta={tta}", f"out_dir={tmp_path}",
+               "progress=false", cwd=tmp_path)
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["tta"] == tta and report["samples"] == 100 and report["accuracy"] > 0.5
+    # training tested without tta: its accuracy is the baseline, not a number this one should have matched
+    recorded = report["recorded_test_accuracy"]
+    assert (f"the test accuracy recorded at training time: {recorded:.2%} with tta=none, "
+            f"{100 * (report['accuracy'] - recorded):+.2f} points with tta={tta}\n") in proc.stdout
+    assert "DIFFERS" not in proc.stdout
 
 
 def test_eval_without_ckpt_uses_the_latest_run(tmp_path: Path, trained_run: Path):

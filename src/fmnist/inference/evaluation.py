@@ -55,7 +55,10 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
 
     print(f"{r.title} | {r.path} | split {split} ({result.samples} images) on {r.device} in {precision}")
     print(format_report(report, loss=result.loss))
-    if split == "test" and recorded is not None:
+    if split == "test" and recorded is not None and tta != cfg.tta:  # training's number is the baseline here
+        print(f"the test accuracy recorded at training time: {recorded:.2%} with tta={cfg.tta}, "
+              f"{100 * (result.accuracy - recorded):+.2f} points with tta={tta}")
+    elif split == "test" and recorded is not None:
         same = "matches" if recorded == result.accuracy else "DIFFERS FROM"
         trained = r.ckpt.get("precision")
         why = f" (trained in {trained}, evaluated in {precision})" if same != "matches" and trained not in (
