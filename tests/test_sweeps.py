@@ -255,6 +255,9 @@ def test_the_summary_is_drawn_again_only_when_its_rows_change(tmp_path: Path, mo
     sweep.write_summary(tmp_path)
     assert drawn == [2, 3, 3]
     assert [r["job"] for r in summary(tmp_path)] == ["2", "1", "0"]
+    monkeypatch.setattr(sweep, "_renderer_digest", lambda: "code that draws it otherwise")  # an upgrade, an edit
+    sweep.write_summary(tmp_path)
+    assert drawn == [2, 3, 3, 3]
 
 
 def test_jobs_ending_together_write_the_summary_one_after_the_other(tmp_path: Path):

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +139,22 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def _stamp(rows: list[dict[str, Any]]) -> str:
-    """What the summary files are a function of: the rows, and the code that renders them as far as the package
-    version tells it apart."""
-    text = json.dumps([__version__, rows], sort_keys=True, default=str)
+    """What the summary files are a function of: the rows, the version the page names, and the code that
+    renders them."""
+    text = json.dumps([__version__, _renderer_digest(), rows], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@cache
+def _renderer_digest() -> str:
+    """The files that draw the summary, hashed: an upgrade, or an edit in a source checkout whose version did
+    not move, draws it again (scripts/summarize_sweep.py said "up to date" over a table the code now writes
+    otherwise)."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in (here / "sweep.py", here / "plots.py", here / "html.py", *sorted((here / "templates").iterdir())):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _written_from(sweep_dir: Path, stamp: str, rows: list[dict[str, Any]]) -> bool:
