@@ -115,6 +115,7 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     (("optimzer.lr=1",), " (did you mean optimizer.lr?)"),
     (("--multirun", "model=mlp,cnn", "model.chanels=[8]"), " (did you mean model.channels?)"),  # each one swept
     (("experiment=fashion_speedrun", "model.widht=[8]"), " (did you mean model.widths?)"),  # speednet, its model
+    (("model=bn_cnn_wide", "model.batch_nrm=true"), " (did you mean model.batch_norm?)"),  # from bn_cnn, extended
 ])
 def test_a_mistyped_key_is_matched_among_the_keys_of_the_options_chosen(tmp_path: Path, overrides: tuple[str, ...],
                                                                        hint: str):

@@ -349,18 +349,29 @@ def _check_train_combinations(cfg: DictConfig) -> None:
         )
 
 
+def option_files(group: str, option: str, _seen: frozenset[str] = frozenset()) -> list[Path]:
+    """An option's file in conf/GROUP/, after the files of the same group's options its defaults list extends
+    (bn_cnn_wide: bn_cnn.yaml, then bn_cnn_wide.yaml): together, every key the option sets. [] where there is
+    no such file."""
+    path = config_dir() / group / f"{option}.yaml"
+    if option in _seen or not path.is_file():
+        return []
+    node = yaml.safe_load(path.read_text()) or {}
+    parents = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"] if isinstance(
+        node, dict) else []
+    return [f for parent in parents for f in option_files(group, parent, _seen | {option})] + [path]
+
+
 @cache
 def _model_options() -> dict[str, dict[str, frozenset[str]]]:
     """The model classes that conf/model/ names, each with its options and the keys each option sets."""
     classes: dict[str, dict[str, frozenset[str]]] = {}
-    files = {f.stem: yaml.safe_load(f.read_text()) or {} for f in sorted((config_dir() / "model").glob("*.yaml"))}
-    for option, node in files.items():
-        keys, target = set(node), node.get("_target_")
-        for parent in (d for d in node.get("defaults", []) if isinstance(d, str) and d in files):
-            keys |= set(files[parent])
-            target = target or files[parent].get("_target_")
-        if target:
-            classes.setdefault(target, {})[option] = frozenset(keys - {"defaults"})
+    for option in sorted(f.stem for f in (config_dir() / "model").glob("*.yaml")):
+        node: dict[str, Any] = {}
+        for path in option_files("model", option):
+            node.update(yaml.safe_load(path.read_text()) or {})
+        if node.get("_target_"):
+            classes.setdefault(node["_target_"], {})[option] = frozenset(node.keys() - {"defaults"})
     return classes
 
 

@@ -44,7 +44,7 @@ from fmnist.artifacts.atomic import check_dir_target, in_the_way
 from fmnist.artifacts.inputs import check_checkpoint_file, checkpoint_path, existing_file
 from fmnist.artifacts.rundir import check_some_checkpoint
 from fmnist.cli.callbacks import discard_rejected_sweep
-from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
+from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig, option_files
 from fmnist.errors import UserError
 
 T = TypeVar("T")
@@ -362,10 +362,9 @@ def _chosen_options(config_name: str, overrides: list[str]) -> dict[str, list[st
 
 
 def _option_files(chosen: dict[str, list[str]]) -> Callable[[str], list[Path]]:
-    """For _config_keys: the files of the options `chosen` for a group (those that exist)."""
+    """For _config_keys: the files of the options `chosen` for a group, each after those it extends."""
     def files(group: str) -> list[Path]:
-        paths = (Path(CONFIG_DIR) / group / f"{option}.yaml" for option in chosen.get(group, []))
-        return [path for path in paths if path.is_file()]
+        return [path for option in chosen.get(group, []) for path in option_files(group, option)]
     return files
 
 
