@@ -71,7 +71,8 @@ def test_same_seed_same_metrics(tmp_path: Path):
 @pytest.mark.parametrize("extra", [
     ("dataset=cifar10", "model=feedforward", "optimizer=sgd", "scheduler=onecycle", "loss=nll", "batch_size=512"),
     ("dataset=mnist", "model=mlp", "data.loader=torchvision", "num_workers=0", "optimizer=adamw",
-     "scheduler=cosine", "loss.label_smoothing=0.1", "dataset.augment.crop_padding=2"),
+     "scheduler=cosine", "loss.label_smoothing=0.1", "dataset.augment.crop_padding=2",
+     "loss.weight=[1,1,1,1,1,1,2,1,1,1]"),
 ])
 def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...]):
     fast = [a for a in FAST if a.split("=")[0] not in {e.split("=")[0] for e in extra}]
@@ -80,6 +81,7 @@ def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...
     # A batch larger than the 225 CIFAR-10 training images is legal but said once; the usual batch is not.
     oversized = "batch_size=512 is more than the 225 training images: every epoch is one step of 225"
     assert (oversized in proc.stdout + proc.stderr) == ("batch_size=512" in extra)
+    cli("fmnist-eval", "ckpt=r/best.pt", cwd=tmp_path)  # each setting is one conf/ passes (class weights too)
 
 
 @pytest.mark.parametrize(("override", "expected"), [
@@ -198,6 +200,18 @@ def test_a_model_larger_than_the_memory_is_refused_in_one_line(tmp_path: Path):
                               check=False))
     assert ("the model has 270,639,169,546 parameters: its weights, gradients and optimizer state alone need "
             "4032.8 GiB") in line
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("+optimizer.amsgrad=maybe", "fmnist-train: error: optimizer: its first step fails on a stand-in weight"),
+    ("+loss.ignore_index=abc", "fmnist-train: error: loss: on stand-in outputs (TypeError:"),
+])
+def test_a_setting_only_torch_checks_is_refused_before_any_data_in_one_line(tmp_path: Path, override: str,
+                                                                           expected: str):
+    """Every rule passes these `+` keys; torch refuses them at the first training step, which was a traceback."""
+    proc = cli("fmnist-train", "model=mlp", override, *FAST, "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert one_line_error(proc).startswith(expected)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
 

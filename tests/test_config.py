@@ -211,6 +211,12 @@ def test_cudagraph_rules():
         validate(compose("compile=cudagraph", "device=cpu"))
 
 
+def test_class_weights_need_one_per_class():
+    validate(compose(f"loss.weight=[{','.join(['1.0'] * 10)}]"))
+    with pytest.raises(UserError, match=r"loss.weight has 3 class weights but dataset.num_classes=10"):
+        validate(compose("loss.weight=[1,2,3]"))
+
+
 def test_every_combination_rule_of_eval_and_predict_lives_in_config():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -303,6 +309,8 @@ BAD_VALUES = {
     "optimizer.weight_decay": [-1.0, NAN, INF],
     "optimizer.momentum": [1.0, -0.5, NAN],
     "optimizer.nesterov": ["yes", 1],
+    "optimizer.betas": [[0.9], [0.9, 1.0], [0.9, "a"], 0.9, [NAN, 0.9], [0.9, 0.99, 0.999]],
+    "optimizer.alpha": [-0.1, 1.5, NAN, "abc"],
     "scheduler.interval": ["batch", 1],
     "scheduler.step_size": [0, HUGE, "3"],
     "scheduler.gamma": [0.0, 1.5, NAN],
@@ -312,6 +320,8 @@ BAD_VALUES = {
     "scheduler.epochs": [0, 1.5, "3"],
     "scheduler.pct_start": [-0.1, 1.0, 2, NAN],
     "loss.label_smoothing": [1.0, -0.1, NAN, INF],
+    "loss.weight": [[-1.0] * 10, ["a"] * 10, 1.0, [NAN] * 10, [INF] * 10, []],
+    "loss.reduction": ["sum", "none", 1],
     "logger": ["tensorboard", {"wandb": {}}, 5],
     "logger.tensorboard.log_dir": [5, ["a"]],
     "logger.tensorboard.every_steps": [0, "abc", 1.5],

@@ -18,6 +18,8 @@ from fmnist.train.setup import (
     build_optimizer,
     build_scheduler,
     check_model_fits,
+    try_loss,
+    try_optimizer,
     use_channels_last,
 )
 
@@ -87,11 +89,39 @@ def test_a_model_is_sized_with_its_optimizers_state(monkeypatch: pytest.MonkeyPa
     that fits the first two can still take the machine down at the first optimizer step."""
     cfg = settings("model=mlp", *overrides)
     n = sum(p.numel() for p in build_model(cfg).parameters())
+    state = try_optimizer(cfg)
     monkeypatch.setattr(setup, "free_memory", lambda device: copies * 4 * n)
-    check_model_fits(cfg, torch.device("cpu"))
+    check_model_fits(cfg, torch.device("cpu"), state)
     monkeypatch.setattr(setup, "free_memory", lambda device: copies * 4 * n - 1)
     with pytest.raises(UserError, match=f"the model has {n:,} parameters: its weights"):
-        check_model_fits(cfg, torch.device("cpu"))
+        check_model_fits(cfg, torch.device("cpu"), state)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("+optimizer.amsgrad=maybe",), r"optimizer: its first step fails on a stand-in weight \(TypeError: .*amsgrad"),
+    (("optimizer._target_=torch.optim.LBFGS", "~optimizer.betas", "~optimizer.weight_decay"),
+     r"optimizer: its first step fails on a stand-in weight \(TypeError: .*closure"),
+])
+def test_an_optimizer_setting_only_torch_checks_fails_before_any_data(overrides: tuple[str, ...], message: str):
+    """Values every rule passes, which torch refuses only at the first step (minutes in, as a traceback)."""
+    with pytest.raises(UserError, match=message):
+        try_optimizer(settings(*overrides))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("+loss.ignore_index=abc",), r"loss: on stand-in outputs \(TypeError: .*ignore_index"),
+    (("loss._target_=torch.nn.MSELoss", "~loss.label_smoothing"), r"loss: on stand-in outputs \("),
+])
+def test_a_loss_setting_only_torch_checks_fails_before_any_data(overrides: tuple[str, ...], message: str):
+    with pytest.raises(UserError, match=message):
+        try_loss(settings(*overrides))
+
+
+def test_class_weights_are_a_list_in_the_config_and_a_tensor_in_the_loss():
+    weights = [1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0]
+    cfg = settings(f"loss.weight=[{','.join(map(str, weights))}]")
+    try_loss(cfg)
+    assert build_loss(cfg).weight.tolist() == weights
 
 
 @pytest.mark.parametrize("name", options("loss"))

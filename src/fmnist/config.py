@@ -239,6 +239,9 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("optimizer.weight_decay", _number_in(0, INF, hi_open=True), "a number >= 0", required=False),
     Rule("optimizer.momentum", _number_in(0, 1), "a number in [0, 1)", required=False),
     Rule("optimizer.nesterov", _is_bool, "true or false", required=False),
+    Rule("optimizer.betas", lambda v: isinstance(v, list) and len(v) == 2 and all(_number_in(0, 1)(x) for x in v),
+         "two numbers in [0, 1), e.g. [0.9,0.999]", required=False),
+    Rule("optimizer.alpha", _number_in(0, 1, hi_open=False), "a number in [0, 1]", required=False),
     Rule("scheduler.interval", _one_of("epoch", "step"), "epoch or step"),
     Rule("scheduler.step_size", _int_at_least(1, 1_000_000), "an integer >= 1 (epochs)", required=False),
     Rule("scheduler.gamma", _number_in(0, 1, lo_open=True, hi_open=False), "a number in (0, 1]",
@@ -250,6 +253,9 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("scheduler.epochs", _int_at_least(1, 1_000_000), "an integer >= 1", required=False),
     Rule("scheduler.pct_start", _number_in(0, 1), "a number in [0, 1)", required=False),
     Rule("loss.label_smoothing", _number_in(0, 1), "a number in [0, 1)", required=False),
+    Rule("loss.weight", lambda v: v is None or (isinstance(v, list) and 0 < len(v) <= MAX_WIDTH and all(
+        _number_in(0, INF)(x) for x in v)), "null or a list of class weights >= 0, one per class", required=False),
+    Rule("loss.reduction", _one_of("mean"), "mean (each batch's loss is weighed by its size)", required=False),
     Rule("logger", lambda v: isinstance(v, dict) and set(v) <= set(LOGGERS),
          f"one or more of {', '.join(LOGGERS)}, e.g. logger=[csv,tensorboard]", required=False),
     Rule("logger.tensorboard.log_dir", lambda v: v is None or isinstance(v, str), "null or a directory",
@@ -340,6 +346,10 @@ def _check_train_combinations(cfg: DictConfig) -> None:
         raise UserError(f"epochs={cfg.epochs} runs past the end of the one-cycle schedule (scheduler.epochs="
                         f"{cfg.scheduler.epochs}): set scheduler.epochs to at least epochs (a resumed run keeps "
                         f"its schedule: start a new run to train longer)")
+    weights = cfg.loss.get("weight")
+    if weights is not None and len(weights) != cfg.dataset.num_classes:
+        raise UserError(f"loss.weight has {len(weights)} class weights but dataset.num_classes="
+                        f"{cfg.dataset.num_classes}")
     check_available(cfg.get("logger") or {})
     _check_model_keys(cfg.model)
     if len(cfg.dataset.classes) != cfg.dataset.num_classes:

@@ -31,7 +31,7 @@ from fmnist.runtime import precision_name, resolve_device, seed_everything, show
 from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
 from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
-from fmnist.train.setup import build_training, check_model_fits, training_precision
+from fmnist.train.setup import build_training, check_model_fits, training_precision, try_loss, try_optimizer
 from fmnist.train.state import TrainState, resume_state, resumed_config
 from fmnist.train.step import make_step
 from fmnist.world import World
@@ -108,7 +108,8 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     try:
         device = resolve_device(cfg.device, world.local_rank if ranks.distributed else None)
         dtype = training_precision(cfg, device, trained=resumed.get("precision") if resumed is not None else None)
-        check_model_fits(cfg, device)
+        try_loss(cfg)
+        check_model_fits(cfg, device, try_optimizer(cfg))  # both fail now rather than at the first step
         progress = show_progress(cfg.progress) and world.main
         seed_everything(cfg.seed)  # alike in every rank: DDP starts from rank 0's weights, the data order is shared
         shard = Shard(world.rank, world.size)

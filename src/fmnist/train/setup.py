@@ -8,6 +8,8 @@ config group, so a typo in an override reads as a config problem, not a crash.
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,35 +71,53 @@ def linear_step_macs(cfg: TrainConfig) -> int | None:
     return cfg.batch_size * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
 
 
-def check_model_fits(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, before any data is read, a model whose weights, gradients and optimizer state alone exceed the
-    memory `device` has free: `model.hidden=[65536,65536,65536]` is valid key by key, and would otherwise end in
-    an allocator's traceback or the kernel's OOM killer. Activations come on top, so this is a floor."""
-    free, model = free_memory(device), _meta_model(cfg)
-    if free is None or model is None:
-        return
-    n = sum(p.numel() for p in model.parameters())
-    state = _optimizer_state_per_weight(cfg)
-    need = (2 + state) * 4 * n  # fp32 weights, their gradients, the optimizer's state
-    if need > free:
-        what = "weights, gradients and optimizer state" if state else "weights and gradients"
-        raise UserError(f"the model has {n:,} parameters: its {what} alone need {need / 2**30:.1f} GiB, and "
-                        f"the {device.type} has {free / 2**30:.1f} GiB free; choose a smaller model")
-
-
-def _optimizer_state_per_weight(cfg: TrainConfig) -> int:
-    """Values of state cfg's optimizer keeps per weight (Adam: 2, SGD with momentum: 1), counted after one step
-    on a stand-in weight rather than looked up, so that any option and any optimizer of the user's own count
-    right; 0 where that step cannot be taken (an optimizer that needs a closure)."""
+def try_optimizer(cfg: TrainConfig) -> int:
+    """One step of cfg's optimizer on a stand-in weight, before any data is read: a value that only torch checks
+    (`+optimizer.amsgrad=maybe`, an optimizer that needs a closure) fails here in one line rather than at the
+    first training step as a traceback. Returns the values of state it keeps per weight (Adam: 2, SGD with
+    momentum: 1), counted rather than looked up, so that any option and any optimizer of the user's own count
+    right."""
     weight = torch.zeros(8, requires_grad=True)
     weight.grad = torch.ones(8)
     optimizer = build_optimizer(cfg, [weight], torch.device("cpu"))
     try:
         optimizer.step()
-    except (RuntimeError, TypeError, ValueError):
-        return 0
+    except Exception as exc:  # whatever torch raises for a setting, the training loop would meet it too
+        raise UserError(f"optimizer: its first step fails on a stand-in weight ({type(exc).__name__}: "
+                        f"{one_line(exc, 300)})") from None
     return sum(t.numel() for state in optimizer.state.values() for t in state.values()
                if isinstance(t, torch.Tensor) and t.shape == weight.shape) // weight.numel()
+
+
+def try_loss(cfg: TrainConfig) -> None:
+    """cfg's loss on stand-in outputs and labels, before any data is read, for the same reason as try_optimizer
+    (`+loss.ignore_index=abc`, a regression loss given class labels)."""
+    classes = cfg.dataset.num_classes
+    outputs = torch.full((2, classes), -math.log(classes))  # uniform log-probabilities: logits or NLL's input
+    try:
+        with warnings.catch_warnings():  # a loss that fails says why in its error; its warnings would precede it
+            warnings.simplefilter("ignore")
+            build_loss(cfg)(outputs, torch.tensor([0, 1]))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"loss: on stand-in outputs ({type(exc).__name__}: {one_line(exc, 300)})") from None
+
+
+def check_model_fits(cfg: TrainConfig, device: torch.device, state_per_weight: int) -> None:
+    """Refuse, before any data is read, a model whose weights, gradients and optimizer state (try_optimizer's
+    count) alone exceed the memory `device` has free: `model.hidden=[65536,65536,65536]` is valid key by key, and
+    would otherwise end in an allocator's traceback or the kernel's OOM killer. Activations come on top, so this
+    is a floor."""
+    free, model = free_memory(device), _meta_model(cfg)
+    if free is None or model is None:
+        return
+    n = sum(p.numel() for p in model.parameters())
+    need = (2 + state_per_weight) * 4 * n  # fp32 weights, their gradients, the optimizer's state
+    if need > free:
+        what = "weights, gradients and optimizer state" if state_per_weight else "weights and gradients"
+        raise UserError(f"the model has {n:,} parameters: its {what} alone need {need / 2**30:.1f} GiB, and "
+                        f"the {device.type} has {free / 2**30:.1f} GiB free; choose a smaller model")
 
 
 def training_precision(cfg: TrainConfig, device: torch.device, precision: str | None = None,
@@ -113,7 +133,13 @@ def training_precision(cfg: TrainConfig, device: torch.device, precision: str | 
 
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
-    return _make("loss", cfg.loss)
+    """cfg.loss. Class weights (`loss.weight=[...]`), a list in the config, become the tensor torch takes; left
+    null they are not passed at all, so that a loss of the user's own without a `weight` needs no `~loss.weight`
+    (which Hydra cannot delete while it is null)."""
+    node = {k: v for k, v in cfg.loss.items() if not (k == "weight" and v is None)}
+    if "weight" in node:
+        node["weight"] = torch.tensor(node["weight"], dtype=torch.float32)
+    return _make("loss", node)
 
 
 def build_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
