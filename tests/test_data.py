@@ -89,6 +89,30 @@ def test_missing_cifar_after_failed_download_explains(tmp_path: Path, monkeypatc
         load_tensors(cfg.dataset, train=True)
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_download_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool):
+    """A mistyped dataset.root, offline: the error names the folder; the folders torchvision made for the download
+    and the lock file go again, so a typo leaves no tree behind (and an existing root only what it had)."""
+    import dataclasses
+
+    from fmnist.data import sources
+
+    class Offline:  # as torchvision does: the folder first, then the fetch, which fails
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+            raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setitem(sources.SOURCES, "mnist", dataclasses.replace(sources.SOURCES["mnist"], cls=Offline))
+    root = tmp_path / "typo" / "data"
+    if existing:
+        root.mkdir(parents=True)
+        (root / "mine.txt").write_text("kept")
+    with pytest.raises(UserError, match=r"MNIST not found: .*typo/data/MNIST/raw needs .*download failed"):
+        sources.download("mnist", root, announce=lambda line: None)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == (["typo", "typo/data", "typo/data/mine.txt"] if existing else [])
+
+
 FETCH_ALONGSIDE = """
 import dataclasses, sys, time
 from pathlib import Path

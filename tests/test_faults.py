@@ -382,6 +382,35 @@ def test_taking_turns_where_a_file_system_has_no_locks_or_the_lock_cannot_be_mad
         pass
 
 
+def test_a_lock_file_its_holder_removed_is_not_shared_by_the_next_two(tmp_path: Path):
+    """A failed download tidies its lock file away as it leaves. The process that waited on that file gets the
+    lock on a file no longer there; one arriving then makes a new file at the path: each would hold "the" lock
+    at once, unless the waiter takes its turn again on the path's current file."""
+    import threading
+
+    lock, inside, most = tmp_path / "data" / ".lock", [0], [0]
+    counted = threading.Lock()
+
+    def take_turn() -> None:
+        with atomic.taking_turns(lock):
+            with counted:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.5)
+            with counted:
+                inside[0] -= 1
+
+    with atomic.taking_turns(lock):
+        waiter = threading.Thread(target=take_turn)
+        waiter.start()
+        time.sleep(0.3)  # the waiter now waits on this file
+        lock.unlink()
+        (tmp_path / "data").rmdir()
+    take_turn()
+    waiter.join()
+    assert most[0] == 1
+
+
 def test_a_typed_path_expands_home_as_a_shell_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """~ is the home; ~name of no such user stays as typed (pathlib raises there, a traceback for the user)."""
     monkeypatch.setenv("HOME", str(tmp_path))

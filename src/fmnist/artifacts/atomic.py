@@ -66,19 +66,37 @@ def ensure_dir(path: Path) -> Path:
 def taking_turns(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the file `lock` (created if need be, with its directory): the processes that
     write the same files (parallel sweep jobs, the ranks of a run, two commands) wait for each other here.
-    The lock goes with the file's closing, also when the process holding it dies. Where the file system
-    has no locks (some NFS mounts: ENOLCK), the writers go on without taking turns."""
-    ensure_dir(lock.parent)
-    try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # never truncated
-    except OSError as exc:
-        raise UserError(f"could not write {lock}: {_reason(exc, lock)}") from None
-    try:
-        with contextlib.suppress(OSError):
+    The lock goes with the file's closing, also when the process holding it dies. A holder may remove the file
+    (and its directory) as it leaves: whoever waited on that file takes its turn again on the one now at the
+    path, which a process arriving meanwhile may hold. Where the file system has no locks (some NFS mounts:
+    ENOLCK), the writers go on without taking turns."""
+    while True:
+        ensure_dir(lock.parent)
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # never truncated
+        except OSError as exc:
+            raise UserError(f"could not write {lock}: {_reason(exc, lock)}") from None
+        try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            break  # no locks here
+        if _still_at(fd, lock):
+            break
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the one at `path` (not removed, not replaced)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
 
 
 def check_dir_target(path: Path) -> Path:

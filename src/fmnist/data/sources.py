@@ -284,13 +284,16 @@ def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str
     """Download through torchvision (which verifies checksums) or explain where the files should be."""
     if not allowed:
         raise UserError(not_found(source.layout, root, "dataset.download=false"))
+    lock, made = root / DOWNLOAD_LOCK, _absent(root / source.layout.folder)
+    lock_made = not lock.exists()
     # torchvision writes each file in place as it arrives, so processes that find the data missing at once
     # (parallel sweep jobs, the ranks of a run, two commands) would truncate each other's files and fail
     # their checksums: one fetches, the others wait for it here and then find the files.
     with contextlib.ExitStack() as turn:
         try:
-            turn.enter_context(taking_turns(root / DOWNLOAD_LOCK))
+            turn.enter_context(taking_turns(lock))
         except UserError as exc:  # the lock file cannot be written: nor could the data be
+            _tidy(made)
             raise _download_failed(source, root, exc) from None
         if missing_files(source.layout, root):  # else fetched by the process this one waited for
             announce(f"{source.title} not found under {root}: downloading it (checksums verified)")
@@ -299,8 +302,30 @@ def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str
                 with _sockets_time_out(STALL_SECONDS):
                     source.cls(str(root), train=True, download=True)
             except (RuntimeError, URLError, OSError) as exc:
+                _tidy(made, lock if lock_made else None)
                 raise _download_failed(source, root, exc) from None
     return root
+
+
+def _absent(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first: what a download would make."""
+    absent = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        absent.append(path)
+    return absent
+
+
+def _tidy(made: list[Path], lock: Path | None = None) -> None:
+    """After a failed download, remove the lock file and the folders it made where they are empty (the error
+    names the folder to put the files in): a mistyped dataset.root leaves no tree behind. Any files are kept.
+    The lock goes while it is held, so whoever waits on it takes its turn on a new one (taking_turns)."""
+    with contextlib.suppress(OSError):
+        if lock is not None:
+            lock.unlink()
+        for folder in made:
+            folder.rmdir()
 
 
 def _download_failed(source: Source, root: Path, exc: BaseException) -> UserError:
