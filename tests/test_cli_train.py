@@ -185,6 +185,17 @@ def test_missing_dataset_offline_says_what_and_where(tmp_path: Path):
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run directory
 
 
+def test_paths_typed_are_read_from_where_the_command_started_under_hydra_job_chdir(tmp_path: Path):
+    """hydra.job.chdir=true moves the job into its run directory: dataset.root=data (typed relative to the shell)
+    was then looked for inside the run directory, after the check before the run had found it."""
+    (tmp_path / "data").symlink_to(os.environ["FMNIST_DATA"])
+    cli("fmnist-train", "model=mlp", *FAST, "dataset.root=data", "hydra.job.chdir=true", "hydra.run.dir=r",
+        "logger=[csv,tensorboard]", "logger.tensorboard.log_dir=tb", cwd=tmp_path)
+    assert (tmp_path / "r" / "best.pt").is_file() and list((tmp_path / "tb").iterdir())
+    cli("fmnist-eval", "ckpt=r", "out_dir=ev", "hydra.job.chdir=true", cwd=tmp_path)
+    assert (tmp_path / "ev" / "eval.json").is_file()
+
+
 def test_cuda_where_there_is_none(tmp_path: Path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

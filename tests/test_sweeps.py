@@ -52,6 +52,20 @@ def test_grid_runs_every_combination_and_summarises(tmp_path: Path):
     assert "sweep summary" in proc.stdout
 
 
+@pytest.mark.parametrize("chdir", ["false", "true"])
+def test_jobs_side_by_side_share_the_default_sweep_directory(tmp_path: Path, chdir: str):
+    """The default hydra.sweep.dir names the time and pid of the process that resolves it: each worker process
+    resolved its own, so the jobs went into directories of their own and the summary found none of them.
+    Under hydra.job.chdir=true the summary was written inside each job's directory."""
+    cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=1e-3,2e-3", "dataset=mnist", *FAST,
+        f"hydra.job.chdir={chdir}", cwd=tmp_path)
+    sweeps = [p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir()]
+    assert len(sweeps) == 1, sweeps
+    assert sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == ["0", "1"]
+    assert [r["status"] for r in summary(sweeps[0])] == ["completed", "completed"]
+    assert not list(sweeps[0].glob("*/multirun"))
+
+
 def test_failing_job_is_recorded_and_the_others_run(tmp_path: Path):
     proc = cli("fmnist-train", "--multirun", "model=mlp", "optimizer=sgd", "optimizer.momentum=0.0",
                "optimizer.lr=0.01,1e12,0.02", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)

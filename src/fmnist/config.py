@@ -84,10 +84,12 @@ def _has_accelerator() -> bool:
 
 
 # Used in hydra.run.dir / hydra.sweep.dir: the start time and the process id make run directories unique on
-# this machine; in a distributed run both are rank 0's, so every rank resolves the same directory.
+# this machine; in a distributed run both are rank 0's, so every rank resolves the same directory. Cached, as
+# Hydra's own `now`: a sweep's launcher copies the cache of the sweep's config into every job's, so that jobs
+# in worker processes (another pid, another start) resolve the sweep directory the launcher made.
 if not OmegaConf.has_resolver("fmnist.pid"):
-    OmegaConf.register_new_resolver("fmnist.pid", run_pid)
-    OmegaConf.register_new_resolver("fmnist.now", lambda pattern: run_started().strftime(pattern))
+    OmegaConf.register_new_resolver("fmnist.pid", run_pid, use_cache=True)
+    OmegaConf.register_new_resolver("fmnist.now", lambda pattern: run_started().strftime(pattern), use_cache=True)
     # conf/hydra/launcher/parallel.yaml: n_jobs from the run's threads and device, read from the config's root
     # (the defaults where the root has no such keys: the config that `--cfg hydra` prints)
     OmegaConf.register_new_resolver("fmnist.sweep_jobs", lambda *, _root_: sweep_jobs(

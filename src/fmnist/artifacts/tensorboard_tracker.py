@@ -16,6 +16,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from fmnist.artifacts.tracking import EPOCH_SCALARS, RunInfo
 from fmnist.config import lookup
+from fmnist.paths import user_path
 
 FINAL_METRICS = {"hparam/test_acc": "test.accuracy", "hparam/test_loss": "test.loss",
                  "hparam/best_val_acc": "best_val_acc"}
@@ -25,7 +26,7 @@ class TensorBoardTracker:
     name = "tensorboard"
 
     def __init__(self, settings: dict[str, Any], run_dir: Path) -> None:
-        self.log_dir = Path(settings.get("log_dir") or run_dir / "tensorboard")
+        self.log_dir = user_path(settings["log_dir"]) if settings.get("log_dir") else run_dir / "tensorboard"
         self.writer: SummaryWriter | None = None
         self.hparams: dict[str, Any] = {}
 

@@ -11,6 +11,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fmnist.paths import sweep_dir
+
 if TYPE_CHECKING:
     from fmnist.train.interrupt import ParallelStop
 
@@ -34,25 +36,25 @@ class SummaryCallback(Callback):
         from fmnist.artifacts.sweep import parallel_jobs
         from fmnist.train.interrupt import ParallelStop
 
-        folder = Path(config.hydra.sweep.dir).absolute()
+        folder = sweep_dir(config.hydra)
         _new_dirs[:] = [d for d in (folder, *folder.parents) if not d.exists()]
         if parallel_jobs(config.hydra.launcher) > 1:
-            self.stop = ParallelStop(Path(config.hydra.sweep.dir))
+            self.stop = ParallelStop(folder)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
             from fmnist.artifacts.sweep import write_summary
 
-            write_summary(Path(config.hydra.sweep.dir))
+            write_summary(sweep_dir(config.hydra))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from fmnist.artifacts.sweep import close_trackers, report
 
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
+        folder = sweep_dir(config.hydra)
+        if not folder.is_dir():
             return
-        failed = report(sweep_dir)
-        close_trackers(sweep_dir, failed > 0)
+        failed = report(folder)
+        close_trackers(folder, failed > 0)
         if self.stop is not None and self.stop.exit_code is not None:
             sys.exit(self.stop.exit_code)
         if failed:

@@ -26,6 +26,7 @@ from fmnist.artifacts.rundir import resume_source
 from fmnist.cli.common import end_worker_without_teardown, hydra_app, override_parts, report_user_errors
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
+from fmnist.paths import sweep_dir
 from fmnist.world import current_world
 
 log = logging.getLogger("fmnist")
@@ -100,7 +101,7 @@ def main(cfg: DictConfig) -> float:
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v}
     jobs = parallel_jobs(hydra_cfg.get("launcher") or {}) if multirun else 1
     # The command that reproduces this run: a sweep job's own overrides, or the command line as typed.
-    launch = Launch(shlex.join(["fmnist-train", *hydra_cfg.overrides.task]), Path(hydra_cfg.sweep.dir),
+    launch = Launch(shlex.join(["fmnist-train", *hydra_cfg.overrides.task]), sweep_dir(hydra_cfg),
                     hydra_cfg.job.num) if multirun else Launch(shlex.join(["fmnist-train", *sys.argv[1:]]))
 
     def train() -> float:
@@ -122,14 +123,14 @@ def main(cfg: DictConfig) -> float:
                      settings.batch_size, settings.batch_size // world.size)
         named = frozenset(key for key, _ in map(override_parts, hydra_cfg.overrides.task))
         result = run_training(settings, out_dir, choices, world, launch,
-                              stop_file=stop_file(Path(hydra_cfg.sweep.dir)) if pooled else None, named=named)
+                              stop_file=stop_file(sweep_dir(hydra_cfg)) if pooled else None, named=named)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
                  100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, result.out_dir)
         return result.best_val_acc
 
     if not multirun:
         return report_user_errors("fmnist-train", train)
-    return run_job(train, out_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num,
+    return run_job(train, out_dir, sweep_dir(hydra_cfg), hydra_cfg.job.num,
                    str(hydra_cfg.sweeper.get("_target_", "")), pooled=pooled)
 
 
