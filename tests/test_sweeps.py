@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import FAST, assert_real_png, cli, console_script
 
+from fmnist.artifacts.sweep import report
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,7 +88,7 @@ def test_a_combination_that_does_not_compose_is_refused_before_any_job_runs(tmp_
     assert not list(tmp_path.glob("sweep/*/best.pt"))
 
 
-def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path):
+def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     """Also: a sampler's long floats are shown to four digits where the summary is read, kept exact in the CSV."""
     proc = cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=0.0005611516415334506,1e-2", "dataset=mnist",
                *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
@@ -104,6 +106,9 @@ def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path):
     assert rows["0"]["status"] == "completed" and rows["1"]["status"] == "not started"
     assert "| 0 | completed |" in proc.stdout
     assert_real_png(sweep / "sweep.png")
+    with caplog.at_level("INFO", logger="fmnist"):
+        report(sweep)
+    assert "  job 1  not started  optimizer.lr=0.01\n" in caplog.text + "\n"  # not "val  test" with no numbers
 
 
 def test_long_floats_are_shown_short_and_other_overrides_as_they_are():

@@ -251,7 +251,11 @@ def report(sweep_dir: Path) -> int:
     failed = [r for r in rows if r["status"] in FAILED]
     log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / SUMMARY_MD, len(rows), len(failed))
     for r in rows[:5]:
-        if r["status"] not in FAILED:
+        if r["status"] in FAILED:
+            continue
+        if r["best_val_acc"] is None:  # not started, or running with no epoch done
+            log.info("  job %s  %s  %s", r["job"], r["status"], readable(r["swept"]))
+        else:
             log.info("  job %s  val %s  test %s  %s", r["job"], _pct(r["best_val_acc"]), _pct(r["test_acc"]),
                      readable(r["swept"]))
     for r in failed:
