@@ -299,6 +299,15 @@ def test_jobs_ending_together_write_the_summary_one_after_the_other(tmp_path: Pa
     assert_real_png(tmp_path / "sweep.png")
 
 
+def test_a_job_run_again_on_its_own_updates_its_row(tmp_path: Path):
+    """The resume command a stopped job prints runs it as a plain run: the sweep's summary then follows it."""
+    cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=1e-3,2e-3", "dataset=mnist", "epochs=1",
+        "batch_size=32", "progress=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    proc = cli("fmnist-train", "hydra.run.dir=sweep/1", "resume=auto", "epochs=2", cwd=tmp_path)
+    assert {r["job"]: r["epochs"] for r in summary(tmp_path / "sweep")} == {"0": "1", "1": "2"}
+    assert "sweep summary:" in proc.stdout + proc.stderr
+
+
 PARALLEL = ["hydra.launcher.n_jobs=2"]  # the default launcher, two jobs at a time on any machine
 
 

@@ -138,6 +138,14 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def refresh_after_rerun(run_dir: Path) -> None:
+    """A sweep's job run again on its own (the resume command a stopped job prints, or more epochs): its row in
+    the sweep's summary follows. Hydra's multirun.yaml marks the folder above as a sweep's."""
+    if (run_dir.parent / "multirun.yaml").is_file():
+        write_summary(run_dir.parent)
+        log.info("sweep summary: %s", run_dir.parent / SUMMARY_MD)
+
+
 def _stamp(rows: list[dict[str, Any]]) -> str:
     """What the summary files are a function of: the rows, the version the page names, and the code that
     renders them."""

@@ -78,7 +78,13 @@ def sleeping_threads(overrides: list[str]) -> bool:
 @hydra_app("fmnist-train", "train", check=checked_before_run, before_run=join_world, sleeping_threads=sleeping_threads)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
-    from fmnist.artifacts.sweep import leave_ctrl_c_to_the_sweep, parallel_jobs, run_job, stop_file
+    from fmnist.artifacts.sweep import (
+        leave_ctrl_c_to_the_sweep,
+        parallel_jobs,
+        refresh_after_rerun,
+        run_job,
+        stop_file,
+    )
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -126,6 +132,8 @@ def main(cfg: DictConfig) -> float:
                               stop_file=stop_file(sweep_dir(hydra_cfg)) if pooled else None, named=named)
         log.info("test accuracy %.2f%% (best epoch %d, val %.2f%%) | artifacts in %s",
                  100 * result.test["accuracy"], result.best_epoch, 100 * result.best_val_acc, result.out_dir)
+        if not multirun and world.main:
+            refresh_after_rerun(result.out_dir)
         return result.best_val_acc
 
     if not multirun:
