@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import FAST, assert_real_png, cli, console_script, one_line_error
 
 from fmnist.artifacts.checkpoint import load_checkpoint
@@ -147,6 +148,22 @@ def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_p
     assert list(tmp_path.iterdir()) == []
     if code == 2:
         assert len(proc.stderr.strip().splitlines()) == 1 and "error:" in proc.stderr
+
+
+def test_a_config_dir_of_ones_own_is_checked_before_a_run_directory_too(tmp_path: Path):
+    """--config-dir adds the user's options (a model extending fmnist's, say): a rejected config is still one
+    line with no run directory (the check before the run was skipped for it), and a good one trains."""
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "tiny.yaml").write_text("defaults:\n  - mlp\nhidden: [16]\n")
+    (tmp_path / "work").mkdir()
+    own = ["--config-dir", str(tmp_path / "conf"), "model=tiny"]
+    assert "batch_size=0 is not valid" in one_line_error(cli("fmnist-train", *own, "batch_size=0",
+                                                             cwd=tmp_path / "work", check=False))
+    assert list((tmp_path / "work").iterdir()) == []
+    line = one_line_error(cli("fmnist-train", *own, "model.hiden=[3]", cwd=tmp_path / "work", check=False))
+    assert "model.hiden is not a config key;" in line  # never "(did you mean model?)": a key is no group
+    cli("fmnist-train", *own, *FAST, "hydra.run.dir=r", cwd=tmp_path / "work")
+    assert yaml.safe_load((tmp_path / "work" / "r" / ".hydra" / "config.yaml").read_text())["model"]["hidden"] == [16]
 
 
 @pytest.mark.parametrize(("args", "code"), [((), 0), (("dataset.root=nowhere",), 2)])

@@ -240,10 +240,15 @@ def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig],
     --cfg and the like go to Hydra as they are: a sweep records each job's failure in its folder. (--help
     never gets here: main() answers it, or Hydra does for another config.)"""
     if args.multirun or args.hydra_help or args.cfg or args.info or args.shell_completion or \
-            args.config_path or args.config_name or args.config_dir or args.experimental_rerun:
+            args.config_path or args.config_name or args.experimental_rerun:
         return
+    overrides = list(args.overrides)
+    if args.config_dir:  # options of the user's own, searched after fmnist's as Hydra's --config-dir does
+        if not Path(args.config_dir).is_dir() or any(o.startswith("hydra.searchpath") for o in overrides):
+            return  # Hydra's own words for a missing folder; a search path of both kinds is Hydra's to merge
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = hydra.compose(config_name=config_name, overrides=args.overrides)
+        cfg = hydra.compose(config_name=config_name, overrides=overrides)
     try:
         check(cfg)
     except UserError as exc:
@@ -285,13 +290,15 @@ def _composition(exc: ConfigCompositionException, prog: str, config_name: str, o
 
 def _closest(word: str, choices: list[str]) -> str:
     """The likeliest meant choice: for a dotted key, among the keys beside it (a shared `scheduler.` prefix
-    would make any two of them look alike), else among all."""
+    would make any two of them look alike), else among all as deep as it (`model`, a group, is no key that
+    `model.hiden` meant)."""
     parent, _, leaf = word.rpartition(".")
     siblings = [c.rpartition(".")[2] for c in choices if parent and c.rpartition(".")[0] == parent]
     if siblings:
         match = [f"{parent}.{m}" for m in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
     else:
-        match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+        deep = [c for c in choices if c.count(".") == word.count(".")]
+        match = difflib.get_close_matches(word, deep, n=1, cutoff=0.6)
     return f" (did you mean {match[0]}?)" if match else ""
 
 
