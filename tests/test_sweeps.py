@@ -308,6 +308,23 @@ def test_a_job_run_again_on_its_own_updates_its_row(tmp_path: Path):
     assert "sweep summary:" in proc.stdout + proc.stderr
 
 
+def test_a_summary_that_cannot_be_written_does_not_fail_the_rerun_job(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    from fmnist.artifacts import sweep
+    from fmnist.errors import UserError
+
+    (tmp_path / "multirun.yaml").write_text("{}")
+    (tmp_path / "1").mkdir()
+
+    def full(sweep_dir: Path) -> None:
+        raise UserError(f"could not write {sweep_dir / 'sweep_summary.md'}: no space left on device")
+
+    monkeypatch.setattr(sweep, "write_summary", full)
+    with caplog.at_level("WARNING", logger="fmnist"):
+        sweep.refresh_after_rerun(tmp_path / "1")
+    assert "the sweep summary was not updated: could not write" in caplog.text
+
+
 PARALLEL = ["hydra.launcher.n_jobs=2"]  # the default launcher, two jobs at a time on any machine
 
 

@@ -142,8 +142,12 @@ def refresh_after_rerun(run_dir: Path) -> None:
     """A sweep's job run again on its own (the resume command a stopped job prints, or more epochs): its row in
     the sweep's summary follows. Hydra's multirun.yaml marks the folder above as a sweep's."""
     if (run_dir.parent / "multirun.yaml").is_file():
-        write_summary(run_dir.parent)
-        log.info("sweep summary: %s", run_dir.parent / SUMMARY_MD)
+        try:
+            write_summary(run_dir.parent)
+        except UserError as exc:  # the run itself is done and saved: this is no reason to fail it
+            log.warning("the sweep summary was not updated: %s", exc)
+        else:
+            log.info("sweep summary: %s", run_dir.parent / SUMMARY_MD)
 
 
 def _stamp(rows: list[dict[str, Any]]) -> str:
