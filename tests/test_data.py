@@ -304,3 +304,13 @@ def test_crop_with_padding_shifts_the_image():
     positions = {tuple(p.tolist()) for p in (out[:, 0] == 1).nonzero()[:, 1:]}
     assert len(positions) > 5 and all(8 <= r <= 12 and 8 <= c <= 12 for r, c in positions)
     assert out.sum() == 64  # a shift within the padding never loses the pixel
+
+
+def test_flips_asked_for_on_digits_are_said_and_only_there():
+    from fmnist.data.transforms import mirroring_note
+
+    mnist, fashion = settings("dataset=mnist").dataset, settings("dataset=fashion").dataset
+    assert mirroring_note(mnist, "flip_translate").startswith("tta=flip_translate mirrors the images")
+    assert mirroring_note(mnist, "translate", hflip=True).startswith("dataset.augment.hflip=true mirrors the images")
+    assert mirroring_note(mnist, "flip", hflip=True).startswith("dataset.augment.hflip=true and tta=flip mirror ")
+    assert mirroring_note(mnist, "translate") is None and mirroring_note(fashion, "flip", hflip=True) is None

@@ -119,8 +119,10 @@ def test_resume_from_a_run_directory_continues_there(tmp_path: Path):
 def test_resume_alone_continues_the_run_as_it_was(tmp_path: Path):
     """`resume=auto` alone, as a stopped run prints it: the run's epochs, test-time augmentation and NaN policy
     stay its own, not the command's defaults; a key the command names changes."""
-    cli("fmnist-train", *RECIPE[:2], "epochs=1", "tta=flip", "on_nan=skip_batch", "progress=false",
-        "hydra.run.dir=run", cwd=tmp_path)
+    proc = cli("fmnist-train", *RECIPE[:2], "epochs=1", "tta=flip", "on_nan=skip_batch", "progress=false",
+               "dataset.augment.hflip=true", "hydra.run.dir=run", cwd=tmp_path)
+    # Valid on MNIST, and said: a mirrored digit is no digit of its class (this test's digits are stand-ins)
+    assert "dataset.augment.hflip=true and tta=flip mirror the images" in proc.stdout + proc.stderr
     cli("fmnist-train", "hydra.run.dir=run", "resume=auto", "progress=false", cwd=tmp_path)
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     assert ckpt["epoch"] == 1 and ckpt["config"]["on_nan"] == "skip_batch", ckpt["config"]
