@@ -99,6 +99,24 @@ def _still_at(fd: int, path: Path) -> bool:
     return (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
 
 
+def absent_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what creating it would make, for
+    remove_empty to take away again where the work that made them comes to nothing."""
+    absent = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        absent.append(folder)
+    return absent
+
+
+def remove_empty(dirs: list[Path]) -> None:
+    """Remove the folders of absent_dirs, deepest first, up to the first one that is not empty (or cannot go)."""
+    with contextlib.suppress(OSError):
+        for folder in dirs:
+            folder.rmdir()
+
+
 def check_dir_target(path: Path) -> Path:
     """ensure_dir's error for a file in the way (at `path` or at its nearest existing ancestor), without
     creating anything: asked before the work whose results go there."""

@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fmnist.artifacts.atomic import absent_dirs, remove_empty
 from fmnist.paths import sweep_dir
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class SummaryCallback(Callback):
         from fmnist.train.interrupt import ParallelStop
 
         folder = sweep_dir(config.hydra)
-        _new_dirs[:] = [d for d in (folder, *folder.parents) if not d.exists()]
+        _new_dirs[:] = absent_dirs(folder)
         if parallel_jobs(config.hydra.launcher) > 1:
             self.stop = ParallelStop(folder)
 
@@ -71,7 +72,6 @@ def discard_rejected_sweep() -> None:
     try:
         if {p.name for p in folder.iterdir()} <= {"multirun.yaml"}:
             (folder / "multirun.yaml").unlink(missing_ok=True)
-            for d in _new_dirs:
-                d.rmdir()  # stops at the first one that is not empty
+            remove_empty(_new_dirs)
     except OSError:
         pass

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
 
-from fmnist.artifacts.atomic import ensure_dir, taking_turns, write_atomically
+from fmnist.artifacts.atomic import absent_dirs, ensure_dir, remove_empty, taking_turns, write_atomically
 from fmnist.config import DatasetSpec
 from fmnist.data.layout import LAYOUTS, Layout, cache_dir, data_root, missing_files, not_found
 from fmnist.errors import UserError, one_line
@@ -284,7 +284,7 @@ def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str
     """Download through torchvision (which verifies checksums) or explain where the files should be."""
     if not allowed:
         raise UserError(not_found(source.layout, root, "dataset.download=false"))
-    lock, made = root / DOWNLOAD_LOCK, _absent(root / source.layout.folder)
+    lock, made = root / DOWNLOAD_LOCK, absent_dirs(root / source.layout.folder)
     lock_made = not lock.exists()
     # torchvision writes each file in place as it arrives, so processes that find the data missing at once
     # (parallel sweep jobs, the ranks of a run, two commands) would truncate each other's files and fail
@@ -307,25 +307,14 @@ def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str
     return root
 
 
-def _absent(folder: Path) -> list[Path]:
-    """`folder` and those of its parents that do not exist yet, deepest first: what a download would make."""
-    absent = []
-    for path in (folder, *folder.parents):
-        if path.exists():
-            break
-        absent.append(path)
-    return absent
-
-
 def _tidy(made: list[Path], lock: Path | None = None) -> None:
     """After a failed download, remove the lock file and the folders it made where they are empty (the error
     names the folder to put the files in): a mistyped dataset.root leaves no tree behind. Any files are kept.
     The lock goes while it is held, so whoever waits on it takes its turn on a new one (taking_turns)."""
-    with contextlib.suppress(OSError):
-        if lock is not None:
+    if lock is not None:
+        with contextlib.suppress(OSError):
             lock.unlink()
-        for folder in made:
-            folder.rmdir()
+    remove_empty(made)
 
 
 def _download_failed(source: Source, root: Path, exc: BaseException) -> UserError:
