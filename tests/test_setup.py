@@ -78,6 +78,16 @@ def test_a_schedule_that_starts_below_zero_is_refused():
         build_scheduler(cfg, optimizer, steps_per_epoch=5)
 
 
+def test_a_scheduler_refusal_torch_raises_as_key_error_reads_as_its_message():
+    """torch refuses last_epoch >= 0 on a fresh optimizer with a multi-line KeyError, whose str() is its repr."""
+    cfg = settings("scheduler=step", "+scheduler.last_epoch=3")
+    optimizer = build_optimizer(cfg, build_model(cfg).parameters(), torch.device("cpu"))
+    with pytest.raises(UserError) as error:
+        build_scheduler(cfg, optimizer, steps_per_epoch=5)
+    assert str(error.value).startswith("scheduler: param 'initial_lr' is not specified")
+    assert "\\n" not in str(error.value) and '"' not in str(error.value)
+
+
 @pytest.mark.parametrize(("overrides", "copies"), [
     (("optimizer=adam",), 4), (("optimizer=adam", "+optimizer.amsgrad=true"), 5), (("optimizer=adamw",), 4),
     (("optimizer=sgd", "optimizer.momentum=0"), 2), (("optimizer=sgd", "optimizer.momentum=0.9"), 3),

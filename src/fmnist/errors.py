@@ -23,7 +23,10 @@ class Interrupted(UserError):
 
 def one_line(text: object, limit: int = 160) -> str:
     """Whitespace collapsed and cut at `limit`: a message that quotes a file or an exception stays one
-    short line however long or multi-line the quoted text is. An exception with no text gives its type."""
+    short line however long or multi-line the quoted text is. An exception with no text gives its type; a
+    KeyError gives its message, which its str() would quote with every newline as a literal \\n."""
+    if isinstance(text, KeyError) and len(text.args) == 1 and isinstance(text.args[0], str):
+        text = text.args[0]
     flat = " ".join(str(text).split())
     if not flat and isinstance(text, BaseException):
         flat = type(text).__name__
