@@ -62,9 +62,22 @@ def report_user_errors(prog: str, body: Callable[[], T]) -> T:
 
 
 def fail(prog: str, message: str, code: int = 2) -> Any:
+    line = f"{prog}: {'error: ' if code == 2 else ''}{' '.join(message.split())}"
+    end_log_files(line)
     logging.shutdown()
-    print(f"{prog}: {'error: ' if code == 2 else ''}{' '.join(message.split())}", file=sys.stderr)
+    print(line, file=sys.stderr)
     sys.exit(code)
+
+
+def end_log_files(line: str) -> None:
+    """`line` (the error that ends a run) as the last line of the run's log files (train.log), which would
+    otherwise stop at the run's last news with no word of why; the console has it once, on stderr. A file
+    that cannot take it (a full disk) is left as it is, without logging's traceback about it."""
+    record = logging.LogRecord("fmnist", logging.ERROR, __file__, 0, line, None, None)
+    logging.raiseExceptions = False  # the process ends next: nothing else logs after this
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def exit_without_teardown(status: int) -> NoReturn:
