@@ -9,7 +9,9 @@ import random
 import signal
 import subprocess
 import time
+import weakref
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import torch
@@ -331,6 +333,30 @@ def test_injected_disk_full_in_any_writer_is_one_line(tmp_path: Path, monkeypatc
     with pytest.raises(UserError, match="no space left on device"):  # the figures go through the same writer
         plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5}],
                     tmp_path / "curves.png")
+
+
+def test_a_failed_writer_lets_go_of_its_file_at_once(tmp_path: Path):
+    """torch.save on a full disk fails twice (the write, then its writer's end): the frames of both errors held
+    the deleted temporary file open, so the disk stayed full while the run recorded its failure (metrics.json
+    kept "running")."""
+    held: list[weakref.ref] = []
+
+    def write_into(handle: BinaryIO) -> None:
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full(tmp: Path) -> None:
+        handle = tmp.open("wb")
+        held.append(weakref.ref(handle))
+        try:
+            write_into(handle)
+        except OSError:
+            raise OSError(errno.ENOSPC, "closing failed too") from None
+
+    with pytest.raises(UserError, match="no space left on device") as failed:
+        atomic.write_atomically(tmp_path / "last.pt", full)
+    assert failed.value.__context__ is not None and held[0]() is None  # the error lives, the file is gone
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bug_in_a_writer_is_not_mistaken_for_a_full_disk(tmp_path: Path):

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import shutil
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def write_atomically(path: Path, write: Callable[[Path], object], *, durable: bo
             tmp.unlink(missing_ok=True)
             raise  # not an I/O failure: a bug, keep its traceback
         reason = _reason(exc, path)
+        # the failed writer's frames hold its file open, so a full disk would stay full of the deleted file
+        # for as long as the error lives (through every record of the failure that follows)
+        chained: BaseException | None = exc
+        while chained is not None:  # torch.save's first error, then its writer's when it closes
+            traceback.clear_frames(chained.__traceback__)
+            chained = chained.__context__
         tmp.unlink(missing_ok=True)
         raise UserError(f"could not write {path}: {reason}") from None
     except BaseException:
