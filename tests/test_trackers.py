@@ -52,10 +52,11 @@ def test_mlflow_run_holds_params_epoch_metrics_and_artifacts(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
     store = f"sqlite:///{tmp_path / 'store.db'}"
-    cli("fmnist-train", *TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={store}", "hydra.run.dir=run",
-        cwd=tmp_path)
+    proc = cli("fmnist-train", *TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={store}", "hydra.run.dir=run",
+               cwd=tmp_path)
     client = MlflowClient(tracking_uri=store)
     [run] = client.search_runs([client.get_experiment_by_name("fmnist").experiment_id])
+    assert f"mlflow: run {run.info.run_id} in {store} (mlflow ui --backend-store-uri {store})" in proc.stdout
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == "mlp on mnist"
     assert run.data.params["optimizer.lr"] == "0.001" and run.data.params["epochs"] == "2"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_acc")] == [
@@ -74,9 +75,10 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path):
     store = f"sqlite:///{tmp_path / 'store.db'}"
     recipe = (*TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={store}", "hydra.run.dir=run")
     cli("fmnist-train", *recipe, "epochs=1", cwd=tmp_path)
-    cli("fmnist-train", *recipe, "epochs=2", "resume=auto", cwd=tmp_path)  # one more epoch, same run
+    proc = cli("fmnist-train", *recipe, "epochs=2", "resume=auto", cwd=tmp_path)  # one more epoch, same run
     client = MlflowClient(tracking_uri=store)
     [run] = client.search_runs([client.get_experiment_by_name("fmnist").experiment_id])
+    assert f"mlflow: continuing run {run.info.run_id} in {store}" in proc.stdout
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
 

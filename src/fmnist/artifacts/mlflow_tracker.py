@@ -26,6 +26,8 @@ from fmnist.artifacts.rundir import BEST, OUTPUT_DIRS
 from fmnist.artifacts.tracking import EPOCH_SCALARS, RunInfo
 from fmnist.artifacts.tracking import MLFLOW_SWEEP_MEMO as SWEEP_MEMO
 
+log = logging.getLogger(__name__)
+
 RUN_MEMO = ".mlflow_run.json"  # in the run directory: which MLflow run a resumed run continues
 SWEEP_LOCK = ".mlflow_sweep.lock"  # in the sweep directory, beside SWEEP_MEMO
 STATUS = {"completed": RunStatus.to_string(RunStatus.FINISHED), "failed": RunStatus.to_string(RunStatus.FAILED),
@@ -76,6 +78,7 @@ class MlflowTracker:
         if isinstance(previous, str) and _exists(client, previous):
             self.run_id = previous
             client.update_run(previous, status=RunStatus.to_string(RunStatus.RUNNING))
+            log.info("mlflow: continuing run %s in %s", previous, uri)
             return
         tags = {"fmnist.run_dir": str(info.run_dir), "fmnist.command": info.command[:MAX_PARAM]}
         name = info.name
@@ -89,6 +92,8 @@ class MlflowTracker:
             client.log_batch(self.run_id, params=params[i:i + BATCH])
         memo = json.dumps({"run_id": self.run_id, "tracking_uri": uri}) + "\n"
         write_atomically(self.run_dir / RUN_MEMO, lambda tmp: tmp.write_text(memo))
+        # the default store may be far from the run directory (the output root, or beside a run elsewhere)
+        log.info("mlflow: run %s in %s (mlflow ui --backend-store-uri %s)", self.run_id, uri, uri)
 
     def log_step(self, step: int, scalars: dict[str, float]) -> None:
         pass  # per-epoch metrics only: a file store grows by one line per value
