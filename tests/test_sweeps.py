@@ -221,6 +221,27 @@ def test_optuna_search_survives_a_crashing_trial(tmp_path: Path):
     assert proc.returncode == 1
 
 
+def test_an_interval_for_the_default_sweeper_says_what_samples_it(tmp_path: Path):
+    """Hydra's basic sweeper named only the sweep's type ("does not support sweep type : INTERVAL_SWEEP")."""
+    proc = cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=interval(1e-3,1e-2)", "hydra.sweep.dir=sweep",
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        "fmnist-train: error: optimizer.lr=interval(1e-3,1e-2): the default sweeper runs lists (a,b), range() and "
+        "glob() only; an interval is sampled by a search: add hparams_search=optuna")
+    assert not (tmp_path / "sweep").exists()
+
+
+@needs_plugin("optuna_sweeper", "sweep")
+def test_an_optuna_search_that_would_minimize_the_accuracy_is_refused(tmp_path: Path):
+    """hydra/sweeper=optuna minimizes by default: it searched for the worst learning rate and called it best."""
+    proc = cli("fmnist-train", "--multirun", "hydra/sweeper=optuna", "model=mlp", "optimizer.lr=interval(1e-3,1e-2)",
+               "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr == (
+        "fmnist-train: error: hydra.sweeper.direction=minimize: the objective is the validation accuracy, which a "
+        "search maximizes: add hydra.sweeper.direction=maximize (hparams_search=optuna sets it)\n")
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_crashed_and_unreadable_jobs_are_reported_as_such(tmp_path: Path):
     """A job whose process died mid-run reads "crashed", a corrupt metrics.json "unreadable": never a traceback."""
     import json

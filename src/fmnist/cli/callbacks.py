@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from fmnist.artifacts.atomic import absent_dirs, remove_empty
 from fmnist.paths import sweep_dir
@@ -37,6 +37,7 @@ class SummaryCallback(Callback):
         from fmnist.artifacts.sweep import parallel_jobs
         from fmnist.train.interrupt import ParallelStop
 
+        check_search_direction(config.hydra.sweeper)
         folder = sweep_dir(config.hydra)
         _new_dirs[:] = absent_dirs(folder)
         if parallel_jobs(config.hydra.launcher) > 1:
@@ -60,6 +61,23 @@ class SummaryCallback(Callback):
             sys.exit(self.stop.exit_code)
         if failed:
             sys.exit(1)
+
+
+def check_search_direction(sweeper: DictConfig) -> None:
+    """A search's objective is each run's best validation accuracy, but Optuna's sweeper minimizes unless told
+    otherwise: `hydra/sweeper=optuna` alone would search for the worst settings and report them as the best.
+    (hparams_search=optuna sets maximize.) Checked before the first trial."""
+    if "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return
+    direction = sweeper.get("direction")
+    directions = list(direction) if isinstance(direction, ListConfig | list) else [direction]
+    names = [str(d).rpartition(".")[2].lower() for d in directions]  # Direction.minimize, or as typed
+    if names != ["maximize"]:
+        from fmnist.cli.common import fail  # the CLI module imports this one
+
+        fail("fmnist-train", f"hydra.sweeper.direction={','.join(names)}: the objective is the validation accuracy, "
+                             f"which a search maximizes: add hydra.sweeper.direction=maximize (hparams_search=optuna "
+                             f"sets it)")
 
 
 def discard_rejected_sweep() -> None:

@@ -184,7 +184,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
             except OverrideParseException as exc:
                 fail(prog, f"cannot parse the overrides ({str(exc).splitlines()[0]}); write them as key=value")
             except HydraException as exc:
-                fail(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                fail(prog, _sampled_sweep(args.overrides) or (str(exc).splitlines()[0] if str(exc) else
+                                                              type(exc).__name__))
             except ValueError as exc:
                 if not str(exc).startswith("Only one of --run"):  # Hydra's word for conflicting flags
                     raise
@@ -266,6 +267,18 @@ def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig],
         check(cfg)
     except UserError as exc:
         fail(prog, str(exc))
+
+
+def _sampled_sweep(overrides: list[str]) -> str | None:
+    """What to say of an interval() that reached the basic sweeper, which names only the sweep's type."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            return (f"{override.input_line}: the default sweeper runs lists (a,b), range() and glob() only; an "
+                    f"interval is sampled by a search: add hparams_search=optuna (its other keys too), or "
+                    f"hydra/sweeper=optuna hydra.sweeper.direction=maximize (pip install 'fmnist[sweep]')")
+    return None
 
 
 def _missing_option(exc: MissingConfigException) -> str:
