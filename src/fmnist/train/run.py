@@ -159,13 +159,13 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
                                progress=progress, desc="validate", ranks=ranks)
                 row = _history_row(train, val)
                 improved = state.add_epoch(row)
+                _log_epoch(cfg, row, improved)  # measured whatever happens to the files: said before they are written
                 # best.pt before last.pt: a run killed between the two resumes from the older last.pt and
                 # redoes this epoch, instead of trusting a last.pt whose best.pt was never written.
                 if improved:
                     run.save_best(checkpoint("running"))
                 run.save_last(checkpoint("running"))
                 run.write_history(state.history, {**state.summary("running"), **trained_on})
-                _log_epoch(cfg, row, improved)
                 if ranks.any(bool(stop)):
                     raise _interrupted(stop, run, f"the end of epoch {train.epoch}")
         except NonFiniteLoss as exc:
