@@ -263,6 +263,7 @@ def test_broken_checkpoints_are_one_line_errors(trained_run: Path, tmp_path: Pat
     (tmp_path / "text.pt").write_text("hello")
     torch.save({"model": {}}, tmp_path / "foreign.pt")
     ckpt = load_checkpoint(trained_run / "best.pt")
+    torch.save(ckpt["model"], tmp_path / "weights.pt")  # how weights are usually shared: the state dict alone
     del ckpt["class_names"]
     torch.save(ckpt, tmp_path / "old.pt")
     assert "does not exist" in bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'nope.pt'}", cwd=tmp_path)
@@ -273,6 +274,8 @@ def test_broken_checkpoints_are_one_line_errors(trained_run: Path, tmp_path: Pat
     assert "not an fmnist checkpoint" in bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'foreign.pt'}",
                                                          cwd=tmp_path)
     assert "lacks class_names" in bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'old.pt'}", cwd=tmp_path)
+    assert f"not an fmnist checkpoint: it holds a bare state dict ({len(ckpt['model'])} tensors), without the " \
+           "training config" in bad_input_error("fmnist-predict", f"ckpt={tmp_path / 'weights.pt'}", cwd=tmp_path)
 
 
 def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):

@@ -59,7 +59,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
                         f"{type(exc).__name__}: {one_line(detail)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not an fmnist checkpoint")
+        raise UserError(f"{path} is not an fmnist checkpoint{_what_it_is(ckpt)}")
     missing = [key for key in REQUIRED if key not in ckpt]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}: written by another fmnist version?")
@@ -68,6 +68,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                         f"({__version__}) reads format {FORMAT_VERSION}")
     _check_fields(ckpt, path)
     return ckpt
+
+
+def _what_it_is(content: object) -> str:
+    """A bare state dict (`torch.save(model.state_dict())`, the common way to share weights) says so: the file
+    has the weights but not the config and class names an fmnist checkpoint carries with them."""
+    if isinstance(content, dict) and content and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()):
+        return (f": it holds a bare state dict ({len(content)} tensors), without the training config and class "
+                f"names that fmnist-train's best.pt and last.pt carry")
+    return ""
 
 
 def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
