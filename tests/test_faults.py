@@ -111,11 +111,25 @@ def test_signal_saves_last_and_resume_finishes(tmp_path: Path, sig: signal.Signa
 
 def test_resume_from_a_run_directory_continues_there(tmp_path: Path):
     cli("fmnist-train", *RECIPE[:2], "epochs=1", *RECIPE[3:], "hydra.run.dir=first", cwd=tmp_path)
+    (tmp_path / "first" / "epoch1.pt").write_bytes((tmp_path / "first" / "last.pt").read_bytes())
     proc = cli("fmnist-train", f"resume={tmp_path / 'first'}", "epochs=2", "progress=false", cwd=tmp_path)
     assert "resuming" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1].endswith(f"artifacts in {tmp_path / 'first'}")
     history = json.loads((tmp_path / "first" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
+    # An older checkpoint of the run continues there only over the later state: refused, the run kept as it was
+    names = ("best.pt", "last.pt", "metrics.json", "metrics.csv")
+    before = {name: (tmp_path / "first" / name).read_bytes() for name in names}
+    proc = cli("fmnist-train", f"resume={tmp_path / 'first' / 'epoch1.pt'}", "epochs=3", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        f"fmnist-train: error: {tmp_path / 'first' / 'epoch1.pt'} has 1 epoch done, behind "
+        f"{tmp_path / 'first' / 'last.pt'} (2 epochs done)"), proc.stderr
+    assert {name: (tmp_path / "first" / name).read_bytes() for name in names} == before
+    (tmp_path / "branch").mkdir()  # what the refusal says to do instead
+    (tmp_path / "branch" / "epoch1.pt").write_bytes((tmp_path / "first" / "epoch1.pt").read_bytes())
+    cli("fmnist-train", f"resume={tmp_path / 'branch' / 'epoch1.pt'}", "epochs=2", "progress=false", cwd=tmp_path)
+    branched = json.loads((tmp_path / "branch" / "metrics.json").read_text())["history"]
+    assert [row["val_acc"] for row in branched] == [row["val_acc"] for row in history]  # the same run, re-done
 
 
 def test_resume_alone_continues_the_run_as_it_was(tmp_path: Path):

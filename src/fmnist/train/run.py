@@ -32,7 +32,7 @@ from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
 from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
 from fmnist.train.setup import build_training, check_model_fits, training_precision, try_loss, try_optimizer
-from fmnist.train.state import TrainState, resume_state, resumed_config
+from fmnist.train.state import TrainState, check_not_behind, resume_state, resumed_config
 from fmnist.train.step import make_step
 from fmnist.world import World
 
@@ -79,6 +79,7 @@ def run_training(cfg: TrainConfig, out_dir: Path, choices: dict[str, str] | None
         # it was, as ResumeRefused does later.
         resumed = load_checkpoint(resume_from) if resume_from is not None else None
         if resumed is not None:
+            check_not_behind(resumed, resume_from, run.last)
             cfg = check_world(resumed_config(resumed, resume_from, cfg, named, choices), world)
             choices = resumed.get("choices", choices)
         try:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.config import TrainConfig, lookup
 from fmnist.data.batches import Batches
 from fmnist.errors import UserError, one_line
@@ -99,6 +100,34 @@ def resumed_config(ckpt: dict[str, Any], path: Path, current: TrainConfig, named
     if cfg.epochs < ckpt["epoch"]:
         raise UserError(f"epochs={cfg.epochs} is fewer than the {ckpt['epoch']} epochs the checkpoint has done")
     return cfg
+
+
+def check_not_behind(ckpt: dict[str, Any], path: Path, last: Path) -> None:
+    """A resumed run writes into the checkpoint's directory, so continuing from an older checkpoint there
+    (resume=RUN/best.pt while RUN/last.pt has trained further) would overwrite that run's later state and
+    history. An unreadable last.pt is no reason to refuse: the older file is then the way back."""
+    if path.resolve() == last.resolve() or not last.is_file():
+        return
+    try:
+        newer = load_checkpoint(last)
+    except UserError:
+        return
+    if progress(newer) > progress(ckpt):
+        raise UserError(f"{path} has {_position(ckpt)}, behind {last} ({_position(newer)}): continuing from it "
+                        f"there would overwrite the later state. Resume the run (resume=auto), or copy {path.name} "
+                        f"into a new directory and resume from the copy to branch from it")
+
+
+def progress(ckpt: dict[str, Any]) -> tuple[int, int]:
+    """(epochs done, steps into the next): how far a checkpoint's run had trained."""
+    partial = ckpt.get("partial")
+    steps = partial.get("stats", {}).get("steps", 0) if isinstance(partial, dict) else 0
+    return ckpt["epoch"], steps if isinstance(steps, int) else 0
+
+
+def _position(ckpt: dict[str, Any]) -> str:
+    epochs, steps = progress(ckpt)
+    return f"{epochs} epoch{'' if epochs == 1 else 's'} done" + (f", {steps} steps into the next" if steps else "")
 
 
 def resume_state(ckpt: dict[str, Any], path: Path, training: Training, batches: Batches) -> TrainState:
