@@ -112,21 +112,23 @@ def check_not_behind(ckpt: dict[str, Any], path: Path, last: Path) -> None:
         newer = load_checkpoint(last)
     except UserError:
         return
-    if progress(newer) > progress(ckpt):
+    if _progress(newer) > _progress(ckpt):
         raise UserError(f"{path} has {_position(ckpt)}, behind {last} ({_position(newer)}): continuing from it "
                         f"there would overwrite the later state. Resume the run (resume=auto), or copy {path.name} "
                         f"into a new directory and resume from the copy to branch from it")
 
 
-def progress(ckpt: dict[str, Any]) -> tuple[int, int]:
-    """(epochs done, steps into the next): how far a checkpoint's run had trained."""
+def _progress(ckpt: dict[str, Any]) -> tuple[int, int]:
+    """(epochs done, steps into the next): how far a checkpoint's run had trained (a field of the wrong kind,
+    which resume_state refuses, counts as no steps here)."""
     partial = ckpt.get("partial")
-    steps = partial.get("stats", {}).get("steps", 0) if isinstance(partial, dict) else 0
-    return ckpt["epoch"], steps if isinstance(steps, int) else 0
+    stats = partial.get("stats") if isinstance(partial, dict) else None
+    steps = stats.get("steps") if isinstance(stats, dict) else 0
+    return ckpt["epoch"], steps if isinstance(steps, int) and not isinstance(steps, bool) else 0
 
 
 def _position(ckpt: dict[str, Any]) -> str:
-    epochs, steps = progress(ckpt)
+    epochs, steps = _progress(ckpt)
     return f"{epochs} epoch{'' if epochs == 1 else 's'} done" + (f", {steps} steps into the next" if steps else "")
 
 
