@@ -32,7 +32,7 @@ from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
 from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
 from fmnist.train.setup import build_training, check_model_fits, training_precision, try_loss, try_optimizer
-from fmnist.train.state import TrainState, check_not_behind, resume_state, resumed_config
+from fmnist.train.state import TrainState, check_not_behind, position, resume_state, resumed_config
 from fmnist.train.step import make_step
 from fmnist.world import World
 
@@ -283,9 +283,8 @@ def test_summary(result: EvalResult, class_names: list[str], epoch: int) -> dict
 def _log_start(cfg: TrainConfig, choices: dict[str, str], state: TrainState, resume_from: Path | None, run: RunDir,
                n_train: int, n_val: int, device: Any, dtype: Any, n_params: int) -> None:
     if resume_from is not None:
-        partial = state.partial
-        log.info("resuming %s: %d epochs done%s", resume_from, state.epochs_done,
-                 f", epoch {state.epochs_done + 1} at step {partial.steps}" if partial else "")
+        steps = state.partial.steps if state.partial else 0
+        log.info("resuming %s: %s", resume_from, position(state.epochs_done, steps))
     log.info("%s: %d train / %d val images | model %s (%s parameters) | optimizer %s lr %g | %s %s | loader %s",
              cfg.dataset.name, n_train, n_val, choices.get("model", "?"), f"{n_params:,}",
              choices.get("optimizer", "?"), cfg.optimizer["lr"], device, str(dtype).removeprefix("torch."),

@@ -128,8 +128,13 @@ def _progress(ckpt: dict[str, Any]) -> tuple[int, int]:
 
 
 def _position(ckpt: dict[str, Any]) -> str:
-    epochs, steps = _progress(ckpt)
-    return f"{epochs} epoch{'' if epochs == 1 else 's'} done" + (f", {steps} steps into the next" if steps else "")
+    return position(*_progress(ckpt))
+
+
+def position(epochs_done: int, steps: int) -> str:
+    """Where a run stands, as the log and the refusals say it."""
+    return (f"{epochs_done} epoch{'' if epochs_done == 1 else 's'} done"
+            + (f", epoch {epochs_done + 1} at step {steps}" if steps else ""))
 
 
 def resume_state(ckpt: dict[str, Any], path: Path, training: Training, batches: Batches) -> TrainState:
