@@ -53,11 +53,6 @@ def current_world() -> World:
     return world if 0 <= world.rank < world.size else World()
 
 
-def own_stamp() -> str:
-    """This process's start time and pid, as rank 0 hands them to the others."""
-    return f"{_STARTED!r}-{os.getpid()}"
-
-
 def run_started() -> datetime:
     """When the run began: rank 0's clock in every rank of a distributed run, this process's otherwise."""
     stamp = os.environ.get(STAMP_ENV, "")

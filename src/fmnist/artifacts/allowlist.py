@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from fmnist.config import DOTTED_NAME, config_dir
+from fmnist.config import config_dir
 from fmnist.errors import UserError, one_line
 
 BUILT_GROUPS = ("model", "loss", "optimizer", "scheduler")
@@ -51,15 +51,6 @@ def _resolve_defaults(folder: Any, path: Any) -> dict[str, Any]:
             merged.update(_resolve_defaults(folder, folder / f"{parent}.yaml"))
     merged.update({k: v for k, v in node.items() if k != "defaults"})
     return merged
-
-
-def check_trust(trust: Iterable[Any]) -> frozenset[str]:
-    """The user's `trust=[...]`: dotted names of classes they vouch for."""
-    names = list(trust)
-    bad = [n for n in names if not (isinstance(n, str) and DOTTED_NAME.fullmatch(n))]
-    if bad:
-        raise UserError(f"trust={names!r} is not valid: expected a list of dotted class names, e.g. [mypkg.Net]")
-    return frozenset(names)
 
 
 def check_stored_config(config: Any, trusted: frozenset[str] = frozenset(), *, source: str) -> None:
