@@ -213,11 +213,19 @@ def test_paths_typed_are_read_from_where_the_command_started_under_hydra_job_chd
     assert (tmp_path / "ev" / "eval.json").is_file()
 
 
-def test_cuda_where_there_is_none(tmp_path: Path):
+@pytest.mark.parametrize(("args", "says"), [
+    (("device=cuda",), "device=cuda was asked for, but"),
+    (("precision=fp16",), "precision=fp16 needs a CUDA device (device is cpu)"),
+    (("compile=cudagraph", "scheduler=none"), "compile=cudagraph needs a CUDA device (device is cpu)"),
+])
+def test_cuda_where_there_is_none(tmp_path: Path, args: tuple[str, ...], says: str):
+    """Refused before the run starts, as a rejected config is: its one line only, and no run directory."""
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert "device=cuda was asked for" in one_line_error(cli("fmnist-train", "device=cuda", cwd=tmp_path,
-                                                              check=False))
+    proc = cli("fmnist-train", "model=mlp", *args, cwd=tmp_path, check=False)
+    assert says in one_line_error(proc)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_model_larger_than_the_memory_is_refused_in_one_line(tmp_path: Path):

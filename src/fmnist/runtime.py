@@ -119,9 +119,26 @@ def resolve_precision(precision: str, device: torch.device,
                 return torch.float32
         return torch.bfloat16 if flag else torch.float32
     dtype = PRECISIONS[precision]
-    if dtype is torch.float16 and device.type != "cuda":
-        raise UserError(f"precision=fp16 needs a CUDA device (device is {device}); use fp32 or bf16")
+    if dtype is torch.float16:
+        require_cuda("precision=fp16", device, "fp32 or bf16")
     return dtype
+
+
+def require_cuda(setting: str, device: torch.device, instead: str) -> None:
+    """Refuse a setting that only CUDA runs, on another device."""
+    if device.type != "cuda":
+        raise UserError(f"{setting} needs a CUDA device (device is {device}); use {instead}")
+
+
+def check_machine(device: str, precision: str, compile_mode: str) -> None:
+    """Refuse what this machine cannot run (a device it lacks; fp16 or CUDA graphs without CUDA) in the words
+    the run itself would use, but before the run has a directory or a log: only a config that names such a
+    thing pays for importing torch here, so that the others' errors stay instant."""
+    resolved = resolve_device(device)
+    if precision != "auto":
+        resolve_precision(precision, resolved)
+    if compile_mode == "cudagraph":
+        require_cuda("compile=cudagraph", resolved, "compile=none or compile=torch")
 
 
 def in_hardware(dtype: torch.dtype, device: torch.device) -> bool:

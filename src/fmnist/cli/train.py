@@ -39,9 +39,13 @@ def checked(cfg: DictConfig) -> TrainConfig:
 
 def checked_before_run(cfg: DictConfig) -> TrainConfig:
     """A single run's settings, checked before Hydra makes its run directory, and its data found (or fetched):
-    a run without its data, or resumed from a checkpoint that is not there, is refused in one line and leaves
-    nothing behind. A resumed run checks its checkpoint's dataset once it has read it."""
+    a run without its data or the device it names, or resumed from a checkpoint that is not there, is refused
+    in one line and leaves nothing behind. A resumed run checks its checkpoint's dataset once it has read it."""
     settings = checked(cfg)
+    if settings.device not in ("auto", "cpu") or settings.precision == "fp16" or settings.compile == "cudagraph":
+        from fmnist.runtime import check_machine
+
+        check_machine(settings.device, settings.precision, settings.compile)
     if settings.resume is None:
         find_data(settings.dataset)
     elif settings.resume != "auto":  # auto looks in the run directory, which Hydra has yet to name

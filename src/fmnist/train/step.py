@@ -14,8 +14,7 @@ from typing import Any
 import torch
 
 from fmnist.data.batches import Batches, TensorBatches
-from fmnist.errors import UserError
-from fmnist.runtime import autocast
+from fmnist.runtime import autocast, require_cuda
 from fmnist.train.setup import Training
 
 
@@ -166,7 +165,6 @@ def make_step(compile_mode: str, training: Training, batches: Batches, *, device
                       warmup_steps=1 if compile_mode == "torch" else 0)
     if compile_mode != "cudagraph":
         return eager
-    if device.type != "cuda":
-        raise UserError("compile=cudagraph needs a CUDA device; use compile=none or compile=torch")
+    require_cuda("compile=cudagraph", device, "compile=none or compile=torch")
     assert isinstance(batches, TensorBatches), "config validation requires data.loader=tensor for cudagraph"
     return GraphedStep(eager, batches)
