@@ -325,3 +325,15 @@ def test_bf16_autocast_on_the_cpu(tmp_path: Path):
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5
     assert metrics["precision"] == "bf16" == load_checkpoint(tmp_path / "r" / "best.pt")["precision"]
+
+
+@pytest.mark.parametrize("path", ["/runs/plain", "/runs/my run, v2", "/runs/it's [a] {b}=c", "C:\\runs\\x\\",
+                                  "/runs/a\\'b\\\\"])
+def test_a_path_fmnist_hands_hydra_is_read_back_as_it_is(path: str):
+    """Where fmnist tells Hydra to write (a resumed run's directory), in Hydra's own override grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from fmnist.cli.common import quoted_override
+
+    override = OverridesParser.create().parse_overrides([quoted_override("hydra.run.dir", path)])[0]
+    assert (override.key_or_group, override.value()) == ("hydra.run.dir", path)

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import pytest
 import torch
-from helpers import cli, console_script, settings
+from helpers import cli, console_script, one_line_error, settings
 
 from fmnist.artifacts import atomic, inputs
 from fmnist.artifacts import checkpoint as checkpoint_module
@@ -112,11 +112,20 @@ def test_signal_saves_last_and_resume_finishes(tmp_path: Path, sig: signal.Signa
 def test_resume_from_a_run_directory_continues_there(tmp_path: Path):
     cli("fmnist-train", *RECIPE[:2], "epochs=1", *RECIPE[3:], "hydra.run.dir=first", cwd=tmp_path)
     (tmp_path / "first" / "epoch1.pt").write_bytes((tmp_path / "first" / "last.pt").read_bytes())
+    begun = (tmp_path / "first" / ".hydra" / "config.yaml").read_bytes()
     proc = cli("fmnist-train", f"resume={tmp_path / 'first'}", "epochs=2", "progress=false", cwd=tmp_path)
     assert "resuming" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1].endswith(f"artifacts in {tmp_path / 'first'}")
     history = json.loads((tmp_path / "first" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
+    # Hydra's side of it goes on there too: the log in the run's train.log, no directory under outputs/, and
+    # .hydra/ still the config the run was begun with (the resume command composes the defaults, model=cnn)
+    assert "epoch 2/2" in (tmp_path / "first" / "train.log").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first"]
+    assert (tmp_path / "first" / ".hydra" / "config.yaml").read_bytes() == begun
+    proc = cli("fmnist-train", f"resume={tmp_path / 'first'}", "epochs=3", "hydra.run.dir=elsewhere", cwd=tmp_path,
+               check=False)
+    assert "continues the run in" in one_line_error(proc) and not (tmp_path / "elsewhere").exists()
     # An older checkpoint of the run continues there only over the later state: refused, the run kept as it was
     names = ("best.pt", "last.pt", "metrics.json", "metrics.csv")
     before = {name: (tmp_path / "first" / name).read_bytes() for name in names}
@@ -142,6 +151,8 @@ def test_resume_alone_continues_the_run_as_it_was(tmp_path: Path):
     cli("fmnist-train", "hydra.run.dir=run", "resume=auto", "progress=false", cwd=tmp_path)
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     assert ckpt["epoch"] == 1 and ckpt["config"]["on_nan"] == "skip_batch", ckpt["config"]
+    # Hydra's record stays the run's (this command alone composes the defaults: model=cnn, fashion)
+    assert "model=mlp" in (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["tta"] == "flip"
     cli("fmnist-train", "hydra.run.dir=run", "resume=auto", "epochs=2", "tta=none", "progress=false", cwd=tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -275,11 +286,12 @@ def test_step_checkpoints_never_hold_diverged_weights(tmp_path: Path):
 
 def test_a_second_run_into_a_used_directory_is_refused_and_changes_nothing(tmp_path: Path):
     cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", "hydra.run.dir=run", cwd=tmp_path)
-    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.json")}
-    proc = cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
+    names = ("best.pt", "last.pt", "metrics.json", "train.log", ".hydra/config.yaml", ".hydra/overrides.yaml")
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in names}
+    proc = cli("fmnist-train", *RECIPE[:2], "epochs=2", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
                check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "already holds a run" in proc.stderr and "resume=auto" in proc.stderr
+    line = one_line_error(proc)
+    assert "already holds a run" in line and "resume=auto" in line and len(proc.stderr.splitlines()) == 1
     assert {name: (tmp_path / "run" / name).read_bytes() for name in before} == before
 
 
@@ -294,8 +306,8 @@ def test_two_runs_into_one_directory_at_once_the_second_is_refused(tmp_path: Pat
         held.flush()
         proc = cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", "hydra.run.dir=run", "resume=auto",
                    cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "in use by another fmnist-train (pid 4242)" in proc.stderr
-    assert not (run / "metrics.json").exists() and not (run / "last.pt").exists()
+    assert "in use by another fmnist-train (pid 4242)" in one_line_error(proc)
+    assert [p.name for p in run.iterdir()] == [".fmnist.lock"]  # neither Hydra's log and .hydra/ nor the run's
 
 
 # ---- disk full -----------------------------------------------------------------------------------------

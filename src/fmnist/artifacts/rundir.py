@@ -100,21 +100,41 @@ class RunDir:
         except OSError as exc:
             raise UserError(f"cannot use run directory {self.path}: {exc.strerror or exc}") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise RunDirectoryInUse(f"{self.path} is in use by another fmnist-train (pid {holder}): wait for "
-                                        f"it to finish, or choose another hydra.run.dir") from None
-            found = self.existing_run()
-            if found and not resuming:
-                raise RunDirectoryInUse(f"{self.path} already holds a run ({found}): continue it with "
-                                        f"resume=auto, or choose another hydra.run.dir")
+            self._lock(fd)
+            self._refuse_a_run(resuming)
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield self
         finally:
             os.close(fd)  # releases the lock
+
+    def check_free(self, *, resuming: bool) -> None:
+        """claim's refusals, asked before anything is written into the directory (Hydra's log and `.hydra/`
+        would land in another run's): creates nothing, and holds no lock after it returns."""
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR)
+        except OSError:  # no lock file: no run ever held the directory (or none that claim could use)
+            fd = -1
+        if fd >= 0:
+            try:  # shared: the ranks of a distributed run all ask this at once, and none of them trains yet
+                self._lock(fd, fcntl.LOCK_SH)
+            finally:
+                os.close(fd)
+        self._refuse_a_run(resuming)
+
+    def _lock(self, fd: int, kind: int = fcntl.LOCK_EX) -> None:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise RunDirectoryInUse(f"{self.path} is in use by another fmnist-train (pid {holder}): wait for "
+                                    f"it to finish, or choose another hydra.run.dir") from None
+
+    def _refuse_a_run(self, resuming: bool) -> None:
+        found = self.existing_run()
+        if found and not resuming:
+            raise RunDirectoryInUse(f"{self.path} already holds a run ({found}): continue it with "
+                                    f"resume=auto, or choose another hydra.run.dir")
 
     def save_last(self, payload: dict[str, Any]) -> None:
         from fmnist.artifacts.checkpoint import save_checkpoint

@@ -135,14 +135,18 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
     return settings
 
 
-def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object],
+def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
               before_run: Callable[[], None] | None = None,
               sleeping_threads: Callable[[list[str]], bool] = lambda overrides: True,
+              place: Callable[[Any, str | None], list[str]] | None = None,
               ) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
     """Decorator: the console-script `main()` of a Hydra task function, with Hydra's errors in one line and
     a single run's config checked by `check` (config.py's validation) before the run starts; `before_run`
     then runs before Hydra resolves the run directory (fmnist-train joins a distributed run's ranks there).
-    `sleeping_threads(overrides)`: whether OpenMP's threads should sleep instead of spin while they wait."""
+    `sleeping_threads(overrides)`: whether OpenMP's threads should sleep instead of spin while they wait.
+    `place(settings, run_dir)`: given what `check` returned and the `hydra.run.dir` the command typed (None
+    where it typed none), refuse the directory (UserError) or return overrides that tell Hydra where to write
+    its log and `.hydra/`, before Hydra writes either."""
 
     def wrap(task: Callable[[Any], Any]) -> Callable[[], None]:
         app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
@@ -171,7 +175,13 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], object]
                 if args.shell_completion and any(o.startswith("query=") for o in args.overrides):
                     print(_own_completions(_captured_stdout(app), config_name))
                     return
-                _check_single_run(prog, config_name, check, args)
+                checked = _check_single_run(prog, config_name, check, args)
+                if place is not None and checked is not None:
+                    try:
+                        _ADDED[:] = place(checked[0], _typed_run_dir(args.overrides))
+                    except UserError as exc:
+                        fail(prog, str(exc))
+                    sys.argv += _ADDED
                 if before_run is not None:
                     before_run()
                 app()
@@ -248,25 +258,54 @@ def _own_completions(words: str, config_name: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig], object], args: Any) -> None:
+def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig], Any], args: Any
+                      ) -> tuple[Any] | None:
     """Compose and validate the config of a plain run the way Hydra will, so that a rejected one is one line
-    and leaves nothing behind (Hydra creates the run directory before the task sees the config). Sweeps,
-    --cfg and the like go to Hydra as they are: a sweep records each job's failure in its folder. (--help
-    never gets here: main() answers it, or Hydra does for another config.)"""
+    and leaves nothing behind (Hydra creates the run directory before the task sees the config). Returns what
+    `check` returned, or None where nothing was checked: sweeps, --cfg and the like go to Hydra as they are (a
+    sweep records each job's failure in its folder). (--help never gets here: main() answers it, or Hydra does
+    for another config.)"""
     if args.multirun or args.hydra_help or args.cfg or args.info or args.shell_completion or \
             args.config_path or args.config_name or args.experimental_rerun:
-        return
+        return None
     overrides = list(args.overrides)
     if args.config_dir:  # options of the user's own, searched after fmnist's as Hydra's --config-dir does
         if not Path(args.config_dir).is_dir() or any(o.startswith("hydra.searchpath") for o in overrides):
-            return  # Hydra's own words for a missing folder; a search path of both kinds is Hydra's to merge
+            return None  # Hydra's own words for a missing folder; a search path of both kinds is Hydra's to merge
         overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = hydra.compose(config_name=config_name, overrides=overrides)
     try:
-        check(cfg)
+        return (check(cfg),)
     except UserError as exc:
         fail(prog, str(exc))
+
+
+_ADDED: list[str] = []  # overrides that `place` appended to the command line
+
+
+def typed_args() -> list[str]:
+    """The command line's arguments as the user typed them, without those fmnist added for Hydra."""
+    return sys.argv[1:len(sys.argv) - len(_ADDED)]
+
+
+def _typed_run_dir(overrides: list[str]) -> str | None:
+    """The `hydra.run.dir` the command line sets (the last one wins, as in Hydra), None if it sets none."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    typed = [o for o in overrides if override_parts(o)[0] == "hydra.run.dir"]
+    if not typed:
+        return None
+    value = OverridesParser.create().parse_overrides(typed[-1:])[0].value()
+    return value if isinstance(value, str) else str(value)
+
+
+def quoted_override(key: str, value: str) -> str:
+    """`key='value'` in Hydra's override grammar, whatever characters the value holds (a path with spaces,
+    commas or quotes). Inside quotes Hydra reads backslashes as they are, but those before a quote or the
+    closing quote in pairs."""
+    escaped = re.sub(r"(\\*)'", r"\1\1\\'", value)
+    return f"{key}='" + re.sub(r"(\\+)$", r"\1\1", escaped) + "'"
 
 
 def _sampled_sweep(overrides: list[str]) -> str | None:

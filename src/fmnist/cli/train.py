@@ -15,17 +15,24 @@ import logging
 import multiprocessing
 import os
 import shlex
-import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmnist.artifacts.rundir import resume_source
-from fmnist.cli.common import end_worker_without_teardown, hydra_app, override_parts, report_user_errors
+from fmnist.artifacts.rundir import LAST, RunDir, resume_source
+from fmnist.cli.common import (
+    end_worker_without_teardown,
+    hydra_app,
+    override_parts,
+    quoted_override,
+    report_user_errors,
+    typed_args,
+)
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
+from fmnist.errors import UserError
 from fmnist.paths import sweep_dir
 from fmnist.world import current_world
 
@@ -51,6 +58,39 @@ def checked_before_run(cfg: DictConfig) -> TrainConfig:
     elif settings.resume != "auto":  # auto looks in the run directory, which Hydra has yet to name
         resume_source(settings.resume, Path.cwd())
     return settings
+
+
+def placed(settings: TrainConfig, typed_dir: str | None) -> list[str]:
+    """Where Hydra is to write a single run's log and `.hydra/`: decided before Hydra writes them, into a
+    directory that may hold another run.
+
+    A directory that another process trains in, or that holds a run this one was not asked to resume, is
+    refused here: by the time the run itself refused it, Hydra had appended to that run's train.log and
+    replaced its `.hydra/` record with this command's. A resumed run goes on in its checkpoint's directory:
+    `resume=RUN` puts Hydra there too (its log went to a new directory under outputs/, apart from the run's),
+    and `.hydra/` keeps the config the run was begun with, where Hydra would write the resume command's (whose
+    defaults, say model=cnn, are not what the run trains)."""
+    if typed_dir is not None and "${" in typed_dir:  # resolved only by Hydra: the run checks it when it claims it
+        return []
+    if settings.resume not in (None, "auto"):
+        source = resume_source(settings.resume, Path.cwd())
+        assert source is not None
+        run_dir = source.parent
+        if typed_dir is not None and Path(typed_dir).absolute() != run_dir.absolute():
+            raise UserError(f"resume={settings.resume} continues the run in {run_dir}, not in hydra.run.dir="
+                            f"{typed_dir}: drop hydra.run.dir, or copy the checkpoint into {typed_dir} to branch "
+                            f"from it there")
+    elif typed_dir is not None:
+        run_dir = Path(typed_dir)
+    else:
+        return []  # a new directory of Hydra's naming
+    resuming = settings.resume not in (None, "auto") or (settings.resume == "auto" and (run_dir / LAST).is_file())
+    if run_dir.is_dir():
+        RunDir(run_dir).check_free(resuming=settings.resume is not None)
+    if not resuming:
+        return []
+    here = [] if typed_dir is not None or "${" in str(run_dir) else [quoted_override("hydra.run.dir", str(run_dir))]
+    return [*here, "hydra.output_subdir=null"]
 
 
 def join_world() -> None:
@@ -79,7 +119,8 @@ def sleeping_threads(overrides: list[str]) -> bool:
     return bool(values) and values[-1] != "auto"
 
 
-@hydra_app("fmnist-train", "train", check=checked_before_run, before_run=join_world, sleeping_threads=sleeping_threads)
+@hydra_app("fmnist-train", "train", check=checked_before_run, before_run=join_world, sleeping_threads=sleeping_threads,
+           place=placed)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
     from fmnist.artifacts.sweep import (
@@ -112,7 +153,7 @@ def main(cfg: DictConfig) -> float:
     jobs = parallel_jobs(hydra_cfg.get("launcher") or {}) if multirun else 1
     # The command that reproduces this run: a sweep job's own overrides, or the command line as typed.
     launch = Launch(shlex.join(["fmnist-train", *hydra_cfg.overrides.task]), sweep_dir(hydra_cfg),
-                    hydra_cfg.job.num) if multirun else Launch(shlex.join(["fmnist-train", *sys.argv[1:]]))
+                    hydra_cfg.job.num) if multirun else Launch(shlex.join(["fmnist-train", *typed_args()]))
 
     def train() -> float:
         settings = checked(cfg)  # validated before anything acts on a value
