@@ -84,7 +84,7 @@ def placed(settings: TrainConfig, typed_dir: str | None) -> list[str]:
         run_dir = Path(typed_dir)
     else:
         return []  # a new directory of Hydra's naming
-    resuming = settings.resume not in (None, "auto") or (settings.resume == "auto" and (run_dir / LAST).is_file())
+    resuming = settings.resume is not None and (settings.resume != "auto" or (run_dir / LAST).is_file())
     if run_dir.is_dir():
         RunDir(run_dir).check_free(resuming=settings.resume is not None)
     if not resuming:
