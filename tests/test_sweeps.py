@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAST, assert_real_png, cli, console_script
+from helpers import FAST, assert_real_png, cli, console_script, one_line_error
 
 from fmnist.artifacts.sweep import report
 
@@ -327,6 +327,17 @@ def test_a_job_run_again_on_its_own_updates_its_row(tmp_path: Path):
     proc = cli("fmnist-train", "hydra.run.dir=sweep/1", "resume=auto", "epochs=2", cwd=tmp_path)
     assert {r["job"]: r["epochs"] for r in summary(tmp_path / "sweep")} == {"0": "1", "1": "2"}
     assert "sweep summary:" in proc.stdout + proc.stderr
+    # The same sweep into the same folder again is refused before its first job, and changes nothing there
+    # (it used to end with exit code 0 and the earlier runs summarized as its own); with resume=auto it goes on
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "sweep").rglob("*")) if p.is_file()}
+    again = ("--multirun", "model=mlp", "optimizer.lr=1e-3,2e-3", "dataset=mnist", "batch_size=32", "progress=false",
+             "hydra.sweep.dir=sweep")
+    line = one_line_error(cli("fmnist-train", *again, "epochs=1", cwd=tmp_path, check=False))
+    assert line.endswith("sweep/0 already holds a run (last.pt): continue it with resume=auto, or choose another "
+                         "hydra.sweep.dir"), line
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "sweep").rglob("*")) if p.is_file()} == before
+    cli("fmnist-train", *again, "epochs=2", "resume=auto", cwd=tmp_path)
+    assert {r["job"]: r["epochs"] for r in summary(tmp_path / "sweep")} == {"0": "2", "1": "2"}
 
 
 def test_a_summary_that_cannot_be_written_does_not_fail_the_rerun_job(tmp_path: Path, caplog: pytest.LogCaptureFixture,

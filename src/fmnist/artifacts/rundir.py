@@ -108,33 +108,34 @@ class RunDir:
         finally:
             os.close(fd)  # releases the lock
 
-    def check_free(self, *, resuming: bool) -> None:
+    def check_free(self, *, resuming: bool, setting: str = "hydra.run.dir") -> None:
         """claim's refusals, asked before anything is written into the directory (Hydra's log and `.hydra/`
-        would land in another run's): creates nothing, and holds no lock after it returns."""
+        would land in another run's): creates nothing, and holds no lock after it returns. `setting`: the one
+        that chose the directory, which the refusal says to change."""
         try:
             fd = os.open(self.path / LOCK_FILE, os.O_RDWR)
         except OSError:  # no lock file: no run ever held the directory (or none that claim could use)
             fd = -1
         if fd >= 0:
             try:  # shared: the ranks of a distributed run all ask this at once, and none of them trains yet
-                self._lock(fd, fcntl.LOCK_SH)
+                self._lock(fd, fcntl.LOCK_SH, setting)
             finally:
                 os.close(fd)
-        self._refuse_a_run(resuming)
+        self._refuse_a_run(resuming, setting)
 
-    def _lock(self, fd: int, kind: int = fcntl.LOCK_EX) -> None:
+    def _lock(self, fd: int, kind: int = fcntl.LOCK_EX, setting: str = "hydra.run.dir") -> None:
         try:
             fcntl.flock(fd, kind | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise RunDirectoryInUse(f"{self.path} is in use by another fmnist-train (pid {holder}): wait for "
-                                    f"it to finish, or choose another hydra.run.dir") from None
+                                    f"it to finish, or choose another {setting}") from None
 
-    def _refuse_a_run(self, resuming: bool) -> None:
+    def _refuse_a_run(self, resuming: bool, setting: str = "hydra.run.dir") -> None:
         found = self.existing_run()
         if found and not resuming:
             raise RunDirectoryInUse(f"{self.path} already holds a run ({found}): continue it with "
-                                    f"resume=auto, or choose another hydra.run.dir")
+                                    f"resume=auto, or choose another {setting}")
 
     def save_last(self, payload: dict[str, Any]) -> None:
         from fmnist.artifacts.checkpoint import save_checkpoint

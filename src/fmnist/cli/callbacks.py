@@ -39,6 +39,7 @@ class SummaryCallback(Callback):
 
         check_search_direction(config.hydra.sweeper)
         folder = sweep_dir(config.hydra)
+        check_jobs_free(folder, list(config.hydra.overrides.task))
         _new_dirs[:] = absent_dirs(folder)
         if parallel_jobs(config.hydra.launcher) > 1:
             self.stop = ParallelStop(folder)
@@ -78,6 +79,24 @@ def check_search_direction(sweeper: DictConfig) -> None:
         fail("fmnist-train", f"hydra.sweeper.direction={','.join(names)}: the objective is the validation accuracy, "
                              f"which a search maximizes: add hydra.sweeper.direction=maximize (hparams_search=optuna "
                              f"sets it)")
+
+
+def check_jobs_free(folder: Path, overrides: list[str]) -> None:
+    """A sweep into the folder of an earlier one (a fixed hydra.sweep.dir run again) is refused before its
+    first job unless it resumes: each job would have been refused only after Hydra had written into that
+    job's folder, and the summary, read from the folders, would have reported the earlier runs as this
+    sweep's, with exit code 0. Likewise a folder that a running sweep's jobs hold."""
+    if not folder.is_dir():
+        return
+    from fmnist.artifacts.rundir import RunDir, RunDirectoryInUse
+    from fmnist.cli.common import fail, override_parts  # the CLI module imports this one
+
+    resuming = any(override_parts(o)[0] == "resume" for o in overrides)
+    for job in sorted(p for p in folder.iterdir() if p.is_dir()):
+        try:
+            RunDir(job).check_free(resuming=resuming, setting="hydra.sweep.dir")
+        except RunDirectoryInUse as exc:
+            fail("fmnist-train", str(exc))
 
 
 def discard_rejected_sweep() -> None:
