@@ -337,3 +337,9 @@ def test_a_path_fmnist_hands_hydra_is_read_back_as_it_is(path: str):
 
     override = OverridesParser.create().parse_overrides([quoted_override("hydra.run.dir", path)])[0]
     assert (override.key_or_group, override.value()) == ("hydra.run.dir", path)
+
+
+def test_resume_auto_in_a_new_directory_says_that_a_new_run_starts(tmp_path: Path):
+    """`fmnist-train resume=auto` alone reads as "continue my run", but Hydra names a new directory for it."""
+    proc = cli("fmnist-train", "model=mlp", *FAST, "resume=auto", "hydra.run.dir=r", cwd=tmp_path)
+    assert f"resume=auto: no last.pt in {tmp_path / 'r'}, so a new run starts" in proc.stdout

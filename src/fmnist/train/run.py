@@ -21,7 +21,7 @@ from typing import Any
 
 from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.artifacts.report import Mistakes, class_report, most_confident_mistakes
-from fmnist.artifacts.rundir import FollowerRunDir, RunDir, resume_source
+from fmnist.artifacts.rundir import LAST, FollowerRunDir, RunDir, resume_source
 from fmnist.artifacts.tracking import Launch, RunInfo, Trackers, make_trackers, step_interval
 from fmnist.config import TrainConfig, check_world, lookup
 from fmnist.data.batches import Shard, load_split, make_batches
@@ -285,6 +285,9 @@ def _log_start(cfg: TrainConfig, choices: dict[str, str], state: TrainState, res
     if resume_from is not None:
         steps = state.partial.steps if state.partial else 0
         log.info("resuming %s: %s", resume_from, position(state.epochs_done, steps))
+    elif cfg.resume == "auto":  # as meant in a directory used again; in a new one it is easily misread
+        log.info("resume=auto: no %s in %s, so a new run starts (to continue one: resume=RUN_DIR)", LAST,
+                 run.path)
     log.info("%s: %d train / %d val images | model %s (%s parameters) | optimizer %s lr %g | %s %s | loader %s",
              cfg.dataset.name, n_train, n_val, choices.get("model", "?"), f"{n_params:,}",
              choices.get("optimizer", "?"), cfg.optimizer["lr"], device, str(dtype).removeprefix("torch."),
