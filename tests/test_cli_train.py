@@ -328,7 +328,7 @@ def test_bf16_autocast_on_the_cpu(tmp_path: Path):
 
 
 @pytest.mark.parametrize("path", ["/runs/plain", "/runs/my run, v2", "/runs/it's [a] {b}=c", "C:\\runs\\x\\",
-                                  "/runs/a\\'b\\\\"])
+                                  "/runs/a\\'b\\\\", "runs/a+b@c%d:e-f.g", "null", "1e-3", "true"])
 def test_a_path_fmnist_hands_hydra_is_read_back_as_it_is(path: str):
     """Where fmnist tells Hydra to write (a resumed run's directory), in Hydra's own override grammar."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -397,6 +397,9 @@ def test_ctrl_c_during_a_sweep_leaves_a_summary_of_what_finished(tmp_path: Path,
     assert rows["1"]["status"] == "interrupted" and "resume" in rows["1"]["error"]
     assert rows.get("3", {"status": "not started"})["status"] == "not started"  # parallel: a folder, no metrics
     assert not (tmp_path / "sweep" / "3" / "last.pt").exists()
+    assert ("to finish the sweep (stopped jobs resume, the others start): fmnist-train --multirun model=mlp "
+            f"dataset=mnist epochs=1,500,500,500 batch_size=32 progress=false {' '.join(launcher)} "
+            f"hydra.sweep.dir={tmp_path / 'sweep'} resume=auto\n") in out, out
 
 
 def _loky_workers(parent: int) -> list[int]:

@@ -257,8 +257,9 @@ def _job_number(name: str) -> int:
     return int(name) if name.isdigit() else 0
 
 
-def report(sweep_dir: Path) -> int:
-    """Write the summary and log it (the best jobs, then every failure); returns the number of failed jobs."""
+def report(sweep_dir: Path, again: str = "") -> int:
+    """Write the summary and log it (the best jobs, then every failure, then `again`, the command that finishes
+    the sweep, where a job was stopped or never started); returns the number of failed jobs."""
     rows = write_summary(sweep_dir)
     failed = [r for r in rows if r["status"] in FAILED]
     log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / SUMMARY_MD, len(rows), len(failed))
@@ -272,7 +273,13 @@ def report(sweep_dir: Path) -> int:
                      readable(r["swept"]))
     for r in failed:
         log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], readable(r["swept"]))
+    if again and any(r["status"] in ("interrupted", "not started") for r in rows):
+        say_how_to_finish(again)
     return len(failed)
+
+
+def say_how_to_finish(again: str) -> None:
+    log.info("to finish the sweep (stopped jobs resume, the others start): %s", again)
 
 
 def default_checkpoint() -> Path:
@@ -298,9 +305,10 @@ SWEEP_MARKERS = ("multirun.yaml", SUMMARY_CSV)  # Hydra's record of a sweep, and
 
 
 def run_job(train: Callable[[], float], out_dir: Path, sweep_dir: Path, job: int, sweeper_target: str,
-            pooled: bool = False) -> float:
+            pooled: bool = False, again: Callable[[], str] = str) -> float:
     """Run one job so that a failure does not stop the sweep: record why it failed, then tell the sweeper
-    in the way it understands. Ctrl-C stops the whole sweep: the summary of what finished is written first.
+    in the way it understands. Ctrl-C stops the whole sweep: the summary of what finished is written first,
+    and the command that finishes the sweep (`again()`) is said.
 
     `pooled`: the job runs in a worker process of a parallel sweep, which the sweep's own process stops
     (ParallelStop): an interrupted job returns so that the sweep collects its neighbours before it ends, and
@@ -315,8 +323,10 @@ def run_job(train: Callable[[], float], out_dir: Path, sweep_dir: Path, job: int
     except Interrupted as exc:
         print(f"fmnist-train: {exc}", file=sys.stderr)
         write_summary(sweep_dir)
-        if pooled:
+        if pooled:  # the sweep's own process reports it when its jobs are collected
             return _failed_job(sweeper_target, exc)
+        if command := again():
+            say_how_to_finish(command)
         raise SystemExit(exc.exit_code) from None
     except UserError as exc:
         message, error = str(exc), exc

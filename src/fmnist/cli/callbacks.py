@@ -3,6 +3,7 @@ runs; at its end, the sweep's parent run in MLflow is closed."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,7 @@ class SummaryCallback(Callback):
         folder = sweep_dir(config.hydra)
         if not folder.is_dir():
             return
-        failed = report(folder)
+        failed = report(folder, finishing_command(folder))
         close_trackers(folder, failed > 0)
         if self.stop is not None and self.stop.exit_code is not None:
             sys.exit(self.stop.exit_code)
@@ -79,6 +80,25 @@ def check_search_direction(sweeper: DictConfig) -> None:
         fail("fmnist-train", f"hydra.sweeper.direction={','.join(names)}: the objective is the validation accuracy, "
                              f"which a search maximizes: add hydra.sweeper.direction=maximize (hparams_search=optuna "
                              f"sets it)")
+
+
+def finishing_command(folder: Path) -> str:
+    """The sweep's command line again (from the multirun.yaml Hydra wrote into its folder), into that folder,
+    with resume=auto: every job that was stopped goes on from its last.pt, every job that never started
+    starts, and finished ones only run their test again. Empty where the record cannot be read."""
+    import yaml
+
+    from fmnist.cli.common import override_parts, quoted_override  # the CLI module imports this one
+
+    try:
+        overrides = yaml.safe_load((folder / "multirun.yaml").read_text())["hydra"]["overrides"]
+        hydra_overrides = [o for o in overrides["hydra"]
+                           if override_parts(o)[0] not in ("hydra.sweep.dir", "hydra.mode")]
+        task = [o for o in overrides["task"] if override_parts(o)[0] != "resume"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return ""
+    return shlex.join(["fmnist-train", "--multirun", *map(str, task), *map(str, hydra_overrides),
+                       quoted_override("hydra.sweep.dir", str(folder)), "resume=auto"])
 
 
 def check_jobs_free(folder: Path, overrides: list[str]) -> None:

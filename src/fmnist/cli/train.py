@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist.artifacts.rundir import LAST, RunDir, resume_source
+from fmnist.cli.callbacks import finishing_command
 from fmnist.cli.common import (
     end_worker_without_teardown,
     hydra_app,
@@ -184,7 +185,8 @@ def main(cfg: DictConfig) -> float:
     if not multirun:
         return report_user_errors("fmnist-train", train)
     return run_job(train, out_dir, sweep_dir(hydra_cfg), hydra_cfg.job.num,
-                   str(hydra_cfg.sweeper.get("_target_", "")), pooled=pooled)
+                   str(hydra_cfg.sweeper.get("_target_", "")), pooled=pooled,
+                   again=lambda: finishing_command(sweep_dir(hydra_cfg)))
 
 
 if __name__ == "__main__":
