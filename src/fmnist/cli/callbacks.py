@@ -85,13 +85,17 @@ def check_search_direction(sweeper: DictConfig) -> None:
 def finishing_command(folder: Path) -> str:
     """The sweep's command line again (from the multirun.yaml Hydra wrote into its folder), into that folder,
     with resume=auto: every job that was stopped goes on from its last.pt, every job that never started
-    starts, and finished ones only run their test again. Empty where the record cannot be read."""
+    starts, and finished ones only run their test again. Empty where the record cannot be read, and for a
+    search (Optuna's sweeper), whose trials would sample other values than the stopped ones have."""
     import yaml
 
     from fmnist.cli.common import override_parts, quoted_override  # the CLI module imports this one
 
     try:
-        overrides = yaml.safe_load((folder / "multirun.yaml").read_text())["hydra"]["overrides"]
+        record = yaml.safe_load((folder / "multirun.yaml").read_text())["hydra"]
+        if not str(record["sweeper"]["_target_"]).endswith(".BasicSweeper"):
+            return ""
+        overrides = record["overrides"]
         hydra_overrides = [o for o in overrides["hydra"]
                            if override_parts(o)[0] not in ("hydra.sweep.dir", "hydra.mode")]
         task = [o for o in overrides["task"] if override_parts(o)[0] != "resume"]
