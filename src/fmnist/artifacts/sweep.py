@@ -257,9 +257,9 @@ def _job_number(name: str) -> int:
     return int(name) if name.isdigit() else 0
 
 
-def report(sweep_dir: Path, again: str = "") -> int:
-    """Write the summary and log it (the best jobs, then every failure, then `again`, the command that finishes
-    the sweep, where a job was stopped or never started); returns the number of failed jobs."""
+def report(sweep_dir: Path, again: Callable[[], str] = str) -> int:
+    """Write the summary and log it (the best jobs, then every failure, then `again()`, the command that
+    finishes the sweep, where a job was stopped or never started); returns the number of failed jobs."""
     rows = write_summary(sweep_dir)
     failed = [r for r in rows if r["status"] in FAILED]
     log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / SUMMARY_MD, len(rows), len(failed))
@@ -273,8 +273,8 @@ def report(sweep_dir: Path, again: str = "") -> int:
                      readable(r["swept"]))
     for r in failed:
         log.info("  job %s %s: %s  (%s)", r["job"], r["status"].upper(), r["error"], readable(r["swept"]))
-    if again and any(r["status"] in ("interrupted", "not started") for r in rows):
-        say_how_to_finish(again)
+    if any(r["status"] in ("interrupted", "not started") for r in rows) and (command := again()):
+        say_how_to_finish(command)
     return len(failed)
 
 

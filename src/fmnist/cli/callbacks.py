@@ -57,7 +57,7 @@ class SummaryCallback(Callback):
         folder = sweep_dir(config.hydra)
         if not folder.is_dir():
             return
-        failed = report(folder, finishing_command(folder))
+        failed = report(folder, lambda: finishing_command(folder))
         close_trackers(folder, failed > 0)
         if self.stop is not None and self.stop.exit_code is not None:
             sys.exit(self.stop.exit_code)
