@@ -333,7 +333,7 @@ def test_a_path_fmnist_hands_hydra_is_read_back_as_it_is(path: str):
     """Where fmnist tells Hydra to write (a resumed run's directory), in Hydra's own override grammar."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from fmnist.cli.common import quoted_override
+    from fmnist.paths import quoted_override
 
     override = OverridesParser.create().parse_overrides([quoted_override("hydra.run.dir", path)])[0]
     assert (override.key_or_group, override.value()) == ("hydra.run.dir", path)

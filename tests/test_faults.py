@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import time
@@ -91,21 +92,23 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path: Path, ex
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_last_and_resume_finishes(tmp_path: Path, sig: signal.Signals, code: int):
     recipe = (*RECIPE[:2], "epochs=300", *RECIPE[3:])
-    proc = start(*recipe, "hydra.run.dir=run", cwd=tmp_path)
-    assert wait_for_new_checkpoint(tmp_path / "run" / "last.pt", 0.0, proc)
+    run = tmp_path / "my run, v2"  # the command it prints must paste as it is, whatever the path holds
+    proc = start(*recipe, "hydra.run.dir='my run, v2'", cwd=tmp_path)
+    assert wait_for_new_checkpoint(run / "last.pt", 0.0, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
-    assert f"stopped by {sig.name}" in err and "resume=auto" in err and "Traceback" not in err
-    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert f"stopped by {sig.name}" in err and "Traceback" not in err
+    ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["metrics"]["status"] == "interrupted"
     done = ckpt["epoch"]
-    page = (tmp_path / "run" / "report.html").read_text()  # the page says so, with the curves so far
+    page = (run / "report.html").read_text()  # the page says so, with the curves so far
     assert 'class="status interrupted"' in page and f"stopped by {sig.name}" in page
     assert ("data:image/png" in page) == (done > 0)
-    cli("fmnist-train", *recipe[:2], f"epochs={done + 1}", *recipe[3:], "hydra.run.dir=run", "resume=auto",
-        cwd=tmp_path)
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    printed = shlex.split(err.split("Resume with: ")[1].splitlines()[0])
+    assert printed[0] == "fmnist-train" and printed[-1] == "resume=auto", err
+    cli(*printed, f"epochs={done + 1}", cwd=tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and len(metrics["history"]) == done + 1
 
 

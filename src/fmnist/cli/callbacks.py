@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from fmnist.artifacts.atomic import absent_dirs, remove_empty
-from fmnist.paths import sweep_dir
+from fmnist.paths import quoted_override, sweep_dir
 
 if TYPE_CHECKING:
     from fmnist.train.interrupt import ParallelStop
@@ -89,7 +89,7 @@ def finishing_command(folder: Path) -> str:
     search (Optuna's sweeper), whose trials would sample other values than the stopped ones have."""
     import yaml
 
-    from fmnist.cli.common import override_parts, quoted_override  # the CLI module imports this one
+    from fmnist.cli.common import override_parts  # the CLI module imports this one
 
     try:
         record = yaml.safe_load((folder / "multirun.yaml").read_text())["hydra"]

@@ -300,16 +300,6 @@ def _typed_run_dir(overrides: list[str]) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def quoted_override(key: str, value: str) -> str:
-    """`key=value` in Hydra's override grammar, whatever characters the value holds (a path with spaces,
-    commas or quotes): quoted unless it is a plain path (with a slash, so never a number, a bool or null).
-    Inside quotes Hydra reads backslashes as they are, but those before a quote or the closing quote in pairs."""
-    if "/" in value and re.fullmatch(r"[\w./+@%:-]+", value, re.ASCII):
-        return f"{key}={value}"
-    escaped = re.sub(r"(\\*)'", r"\1\1\\'", value)
-    return f"{key}='" + re.sub(r"(\\+)$", r"\1\1", escaped) + "'"
-
-
 def _sampled_sweep(overrides: list[str]) -> str | None:
     """What to say of an interval() that reached the basic sweeper, which names only the sweep's type."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

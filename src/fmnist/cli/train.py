@@ -27,14 +27,13 @@ from fmnist.cli.common import (
     end_worker_without_teardown,
     hydra_app,
     override_parts,
-    quoted_override,
     report_user_errors,
     typed_args,
 )
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
 from fmnist.errors import UserError
-from fmnist.paths import sweep_dir
+from fmnist.paths import quoted_override, sweep_dir
 from fmnist.world import current_world
 
 log = logging.getLogger("fmnist")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from fmnist.config import TrainConfig, check_world, lookup
 from fmnist.data.batches import Shard, load_split, make_batches
 from fmnist.data.transforms import TTA, mirroring_note
 from fmnist.errors import Interrupted, UserError, one_line
+from fmnist.paths import quoted_override
 from fmnist.runtime import precision_name, resolve_device, seed_everything, show_progress
 from fmnist.train.distributed import Collective
 from fmnist.train.interrupt import StopRequest
@@ -308,5 +310,5 @@ def _log_epoch(cfg: TrainConfig, row: dict[str, Any], improved: bool) -> None:
 
 def _interrupted(stop: StopRequest, run: RunDir, where: str) -> Interrupted:
     by = stop.name or "a signal to another rank"
-    return Interrupted(f"stopped by {by} at {where}; saved {run.last}. Resume with: "
-                       f"fmnist-train hydra.run.dir={run.path} resume=auto", stop.signum or 2)
+    again = shlex.join(["fmnist-train", quoted_override("hydra.run.dir", str(run.path)), "resume=auto"])
+    return Interrupted(f"stopped by {by} at {where}; saved {run.last}. Resume with: {again}", stop.signum or 2)
