@@ -336,8 +336,11 @@ def test_a_job_run_again_on_its_own_updates_its_row(tmp_path: Path):
     assert line.endswith("sweep/0 already holds a run (last.pt): continue it with resume=auto, or choose another "
                          "hydra.sweep.dir"), line
     assert {p: p.read_bytes() for p in sorted((tmp_path / "sweep").rglob("*")) if p.is_file()} == before
-    cli("fmnist-train", *again, "epochs=2", "resume=auto", cwd=tmp_path)
-    assert {r["job"]: r["epochs"] for r in summary(tmp_path / "sweep")} == {"0": "2", "1": "2"}
+    # ... and a job it never ran starts there, saying so without the hint for a single run (resume=RUN_DIR)
+    cli("fmnist-train", *(a.replace("2e-3", "2e-3,3e-3") for a in again), "epochs=2", "resume=auto", cwd=tmp_path)
+    assert {r["job"]: r["epochs"] for r in summary(tmp_path / "sweep")} == {"0": "2", "1": "2", "2": "2"}
+    started = (tmp_path / "sweep" / "2" / "train.log").read_text()
+    assert "so a new run starts\n" in started and "resume=RUN_DIR" not in started, started
 
 
 def test_a_summary_that_cannot_be_written_does_not_fail_the_rerun_job(tmp_path: Path, caplog: pytest.LogCaptureFixture,

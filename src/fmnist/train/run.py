@@ -139,8 +139,8 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
     info = RunInfo(run.path, title, cfg.resolved, _hparams(cfg, choices), launch, resumed=resumed is not None)
     run.track(info, make_trackers(cfg.loggers, run.path) if world.main else Trackers(),
               int(resumed["epoch"]) if resumed is not None else 0)
-    _log_start(cfg, choices, state, resume_from, run, train_batches.num_samples, val_batches.num_samples, device,
-               dtype, sum(p.numel() for p in t.model.parameters()))
+    _log_start(cfg, choices, state, resume_from, run, launch, train_batches.num_samples, val_batches.num_samples,
+               device, dtype, sum(p.numel() for p in t.model.parameters()))
 
     def checkpoint(status: str, in_progress: EpochStats | None = None) -> dict[str, Any]:
         return state.checkpoint(t, cfg, choices, status, in_progress=in_progress,
@@ -283,13 +283,14 @@ def test_summary(result: EvalResult, class_names: list[str], epoch: int) -> dict
 
 
 def _log_start(cfg: TrainConfig, choices: dict[str, str], state: TrainState, resume_from: Path | None, run: RunDir,
-               n_train: int, n_val: int, device: Any, dtype: Any, n_params: int) -> None:
+               launch: Launch, n_train: int, n_val: int, device: Any, dtype: Any, n_params: int) -> None:
     if resume_from is not None:
         steps = state.partial.steps if state.partial else 0
         log.info("resuming %s: %s", resume_from, position(state.epochs_done, steps))
     elif cfg.resume == "auto":  # as meant in a directory used again; in a new one it is easily misread
-        log.info("resume=auto: no %s in %s, so a new run starts (to continue one: resume=RUN_DIR)", LAST,
-                 run.path)
+        # A sweep finished with resume=auto starts its jobs that never ran: that is what it was asked to do
+        hint = "" if launch.sweep_dir is not None else " (to continue one: resume=RUN_DIR)"
+        log.info("resume=auto: no %s in %s, so a new run starts%s", LAST, run.path, hint)
     log.info("%s: %d train / %d val images | model %s (%s parameters) | optimizer %s lr %g | %s %s | loader %s",
              cfg.dataset.name, n_train, n_val, choices.get("model", "?"), f"{n_params:,}",
              choices.get("optimizer", "?"), cfg.optimizer["lr"], device, str(dtype).removeprefix("torch."),
