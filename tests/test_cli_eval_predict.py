@@ -97,6 +97,8 @@ def test_eval_with_tta_says_so_and_counts_every_image(trained_run: Path, tmp_pat
     assert (f"the test accuracy recorded at training time: {recorded:.2%} with tta=none, "
             f"{100 * (report['accuracy'] - recorded):+.2f} points with tta={tta}\n") in proc.stdout
     assert "DIFFERS" not in proc.stdout
+    # ... and why it may be lower: the net was trained without mirror images
+    assert f"tta={tta} averages in mirror images, which a model trained with dataset.augment.hflip=false" in proc.stderr
 
 
 def test_eval_without_ckpt_uses_the_latest_run(tmp_path: Path, trained_run: Path):

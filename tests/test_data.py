@@ -314,3 +314,15 @@ def test_flips_asked_for_on_digits_are_said_and_only_there():
     assert mirroring_note(mnist, "translate", hflip=True).startswith("dataset.augment.hflip=true mirrors the images")
     assert mirroring_note(mnist, "flip", hflip=True).startswith("dataset.augment.hflip=true and tta=flip mirror ")
     assert mirroring_note(mnist, "translate") is None and mirroring_note(fashion, "flip", hflip=True) is None
+
+
+def test_flips_at_test_time_that_the_training_never_showed_are_said():
+    from fmnist.data.transforms import unflipped_note
+
+    plain = settings("dataset=fashion").dataset.augment
+    assert unflipped_note(plain, "flip_translate") == (
+        "tta=flip_translate averages in mirror images, which a model trained with dataset.augment.hflip=false never "
+        "saw: expect a lower accuracy than without it")
+    assert unflipped_note(plain, "translate") is None and unflipped_note(plain, "none") is None
+    flips = settings("dataset=fashion", "dataset.augment.hflip=true").dataset.augment
+    assert unflipped_note(flips, "flip") is None and unflipped_note(flips, "flip_translate") is None

@@ -83,6 +83,17 @@ def mirroring_note(dataset: DatasetSpec, tta: str, hflip: bool = False) -> str |
             f"no digit of its class: expect a lower accuracy on {dataset.name}")
 
 
+def unflipped_note(augment: Augment, tta: str) -> str | None:
+    """A line for the log where test-time augmentation averages in mirror images that the training never showed
+    the net: they cost accuracy rather than add (the cnn, 2 epochs of Fashion-MNIST without augmentation,
+    evaluated again: -6.98 points with tta=flip, -7.92 with flip_translate). Shifts are not said: without the
+    random crop they cost that cnn 0.44 points, and gained mnist_speedrun's net 0.13 (docs/benchmarks.md)."""
+    if "flip" not in tta or augment.hflip:
+        return None
+    return (f"tta={tta} averages in mirror images, which a model trained with dataset.augment.hflip=false never "
+            f"saw: expect a lower accuracy than without it")
+
+
 class TTA:
     """Test-time augmentation: the views of a normalised batch whose outputs evaluation averages.
 

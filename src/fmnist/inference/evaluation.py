@@ -15,7 +15,7 @@ from fmnist.artifacts.report import class_report, format_report, most_confident_
 from fmnist.artifacts.rundir import CONFUSION, EVAL_JSON, MISCLASSIFIED, PER_CLASS, REPORT, eval_dir
 from fmnist.config import EvalConfig
 from fmnist.data.batches import load_split, make_batches
-from fmnist.data.transforms import TTA, mirroring_note
+from fmnist.data.transforms import TTA, mirroring_note, unflipped_note
 from fmnist.inference.restore import restore, say_where_the_data_is
 from fmnist.runtime import precision_name, show_progress
 from fmnist.train.loop import evaluate
@@ -32,7 +32,8 @@ def run_eval(settings: EvalConfig) -> dict[str, Any]:
     batches = make_batches(cfg.dataset, split, r.device, batch_size=settings.batch_size or cfg.eval_batch_size,
                            seed=cfg.seed, training=False, loader=cfg.loader, num_workers=cfg.num_workers)
     tta = settings.tta or cfg.tta
-    if settings.tta and (note := mirroring_note(cfg.dataset, tta)):  # training's own tta was said in training
+    # training's own tta was said in training
+    if settings.tta and (note := mirroring_note(cfg.dataset, tta) or unflipped_note(cfg.dataset.augment, tta)):
         print(note, file=sys.stderr)
     result = evaluate(r.model, batches, build_loss(cfg).to(r.device), cfg.dataset.num_classes, device=r.device,
                       dtype=r.dtype, progress=show_progress(settings.progress), keep_probs=True, desc=split,

@@ -26,7 +26,7 @@ from fmnist.artifacts.rundir import LAST, FollowerRunDir, RunDir, resume_source
 from fmnist.artifacts.tracking import Launch, RunInfo, Trackers, make_trackers, step_interval
 from fmnist.config import TrainConfig, check_world, lookup
 from fmnist.data.batches import Shard, load_split, make_batches
-from fmnist.data.transforms import TTA, mirroring_note
+from fmnist.data.transforms import TTA, mirroring_note, unflipped_note
 from fmnist.errors import Interrupted, UserError, one_line
 from fmnist.paths import quoted_override
 from fmnist.runtime import precision_name, resolve_device, seed_everything, show_progress
@@ -113,7 +113,8 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
         dtype = training_precision(cfg, device, trained=resumed.get("precision") if resumed is not None else None)
         try_loss(cfg)
         check_model_fits(cfg, device, try_optimizer(cfg))  # both fail now rather than at the first step
-        if world.main and (note := mirroring_note(cfg.dataset, cfg.tta, cfg.dataset.augment.hflip)):
+        if world.main and (note := mirroring_note(cfg.dataset, cfg.tta, cfg.dataset.augment.hflip)
+                           or unflipped_note(cfg.dataset.augment, cfg.tta)):
             log.warning(note)
         progress = show_progress(cfg.progress) and world.main
         seed_everything(cfg.seed)  # alike in every rank: DDP starts from rank 0's weights, the data order is shared
