@@ -166,6 +166,56 @@ def test_a_config_dir_of_ones_own_is_checked_before_a_run_directory_too(tmp_path
     assert yaml.safe_load((tmp_path / "work" / "r" / ".hydra" / "config.yaml").read_text())["model"]["hidden"] == [16]
 
 
+NET_OF_ONES_OWN = """
+from torch import nn
+
+
+class Net(nn.Module):  # no log_probs argument, as fmnist's own classes have
+    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def test_a_model_class_of_ones_own_trains_and_a_wrong_one_is_refused_before_a_run_directory(tmp_path: Path):
+    """`_target_: mypkg.Net` in a --config-dir option: a target that does not import, is no torch.nn.Module, has
+    nothing to train or does not take its keys is one line with no run directory (a class that was no module
+    ended in a traceback); a plain nn.Module of the user's own trains with cross_entropy."""
+    conf, work = tmp_path / "conf" / "model", tmp_path / "work"
+    conf.mkdir(parents=True)
+    work.mkdir()
+    (tmp_path / "mynets.py").write_text(NET_OF_ONES_OWN)
+    sizes = "in_channels: ${dataset.channels}\nimage_size: ${dataset.image_size}\nnum_classes: ${dataset.num_classes}\n"
+    (conf / "mine.yaml").write_text("_target_: mynets.Net\n" + sizes)
+    refused = {"absent": ("nowhere.Net", "model: cannot import nowhere.Net: No module named 'nowhere'"),
+               "odict": ("collections.OrderedDict", "model: collections.OrderedDict is a class, but not a "
+                                                    "torch.nn.Module"),
+               "nothing": ("torch.nn.Identity", "model: torch.nn.Identity has no weights to train"),
+               "mistyped": ("torch.nn.Linear", "model: torch.nn.Linear does not take these settings (")}
+    for option, (target, _) in refused.items():
+        (conf / f"{option}.yaml").write_text(f"_target_: {target}\n" + (sizes if option == "mistyped" else ""))
+    own = ("--config-dir", str(tmp_path / "conf"), "dataset=mnist", *FAST, "hydra.run.dir=r")
+    for option, (_, said) in refused.items():
+        line = one_line_error(cli("fmnist-train", *own, f"model={option}", cwd=work, check=False))
+        assert line.startswith(f"fmnist-train: error: {said}"), line
+        assert list(work.iterdir()) == []
+
+    def fresh(*args: str) -> subprocess.CompletedProcess[str]:  # PYTHONPATH is read as Python starts: no fork
+        env = {**os.environ, "PYTHONPATH": str(tmp_path), "HYDRA_FULL_ERROR": "0"}
+        return subprocess.run([console_script("fmnist-train"), *own, "model=mine", *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    line = one_line_error(fresh("loss=nll"))  # nll asks the model for log-probabilities, which Net cannot give
+    assert "model: mynets.Net does not take these settings (got an unexpected keyword argument 'log_probs')" in line
+    assert list(work.iterdir()) == []
+    proc = fresh()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((work / "r" / "metrics.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize(("args", "code"), [((), 0), (("dataset.root=nowhere",), 2)])
 def test_a_command_that_loaded_torch_ends_with_all_it_wrote(tmp_path: Path, args: tuple[str, ...], code: int):
     """Such a command ends without the interpreter's module teardown (1.2-1.5 s with torch): in a fresh process

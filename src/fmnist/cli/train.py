@@ -30,7 +30,7 @@ from fmnist.cli.common import (
     report_user_errors,
     typed_args,
 )
-from fmnist.config import TrainConfig, check_world, train_config, usable_cores
+from fmnist.config import TrainConfig, check_world, shipped_model, train_config, usable_cores
 from fmnist.data.layout import find_data
 from fmnist.errors import UserError
 from fmnist.paths import quoted_override, sweep_dir
@@ -54,6 +54,10 @@ def checked_before_run(cfg: DictConfig) -> TrainConfig:
 
         check_machine(settings.device, settings.precision, settings.compile)
     if settings.resume is None:
+        if not shipped_model(settings.model.get("_target_")):
+            from fmnist.train.setup import check_model_class
+
+            check_model_class(settings)
         find_data(settings.dataset)
     elif settings.resume != "auto":  # auto looks in the run directory, which Hydra has yet to name
         resume_source(settings.resume, Path.cwd())

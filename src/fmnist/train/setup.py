@@ -7,6 +7,7 @@ config group, so a typo in an override reads as a config problem, not a crash.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import warnings
@@ -46,8 +47,58 @@ def _make(group: str, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def build_model(cfg: TrainConfig) -> Classifier:
-    """The model named by cfg.model, sized from the dataset, with the output the loss expects."""
-    return _make("model", cfg.model, log_probs=cfg.loss.get("_target_") in LOG_PROB_LOSSES)
+    """The model named by cfg.model, sized from the dataset, with the output the loss expects: asked for
+    log-probabilities only where the loss takes them (nll), so that a class of the user's own that knows
+    nothing of them trains with cross_entropy."""
+    return _trainable(_make("model", cfg.model, **_model_kwargs(cfg)), cfg.model.get("_target_"))
+
+
+def _trainable(model: Any, target: object) -> Classifier:
+    if not isinstance(model, nn.Module):  # a _target_ of the user's own: anything callable
+        raise UserError(f"model: {target} returned an object of type {type(model).__name__}, not a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"model: {target} has no weights to train")
+    return model
+
+
+def _model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    return {"log_probs": True} if cfg.loss.get("_target_") in LOG_PROB_LOSSES else {}
+
+
+def check_model_class(cfg: TrainConfig) -> None:
+    """A model `_target_` of the user's own (one conf/model/ does not ship), checked before the run directory
+    exists: that it imports, is a torch.nn.Module where it is a class, takes the keys its config gives, and,
+    where it can be built on the meta device, makes a module with weights to train. A class that cannot be
+    built there (it needs the real device, or real numbers, to initialise) is left to the run's own build."""
+    from hydra.utils import get_object
+
+    target = str(cfg.model.get("_target_"))
+    hydra_log = logging.getLogger("hydra.utils")  # which logs the error it raises, in three lines
+    hydra_log.disabled = True
+    try:
+        made_by = get_object(target)
+    except Exception as exc:  # the user's module, running as it is imported: whatever it raises is one line
+        raise UserError(f"model: cannot import {target}: {one_line(exc.__cause__ or exc)}") from None
+    finally:
+        hydra_log.disabled = False
+    if isinstance(made_by, type) and not issubclass(made_by, nn.Module):
+        raise UserError(f"model: {target} is a class, but not a torch.nn.Module")
+    if not callable(made_by):
+        raise UserError(f"model: {target} is a {type(made_by).__name__}, not a class or function that makes a model")
+    settings = {k: v for k, v in cfg.model.items() if not str(k).startswith("_")}
+    try:
+        inspect.signature(made_by).bind(**settings, **_model_kwargs(cfg))
+    except TypeError as exc:
+        raise UserError(f"model: {target} does not take these settings ({one_line(exc)}): "
+                        f"{', '.join(f'model.{k}' for k in settings) or 'none'}") from None
+    except ValueError:  # no signature to read (a builtin): instantiate will say
+        return
+    try:
+        with torch.device("meta"):
+            model = instantiate(cfg.model, **_model_kwargs(cfg))
+    except Exception:  # see above: the run's build says what is wrong, if anything is
+        return
+    _trainable(model, target)
 
 
 def _meta_model(cfg: TrainConfig) -> Classifier | None:
