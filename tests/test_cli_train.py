@@ -296,11 +296,17 @@ def test_a_model_larger_than_the_memory_is_refused_in_one_line(tmp_path: Path):
 def test_a_setting_only_torch_checks_is_refused_before_any_data_in_one_line(tmp_path: Path, override: str,
                                                                            expected: str):
     """Every rule passes these `+` keys; torch refuses them at the first training step, which was a traceback.
-    The run's log ends with the same line, not with its last news before the error."""
+    A single run refuses them before its run directory exists; a sweep's job as it starts, whose log then ends
+    with the same line, not with its last news before the error."""
     proc = cli("fmnist-train", "model=mlp", override, *FAST, "hydra.run.dir=run", cwd=tmp_path, check=False)
-    assert (line := one_line_error(proc)).startswith(expected)
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
-    assert (tmp_path / "run" / "train.log").read_text().splitlines()[-1].endswith(f"] {line}")
+    assert one_line_error(proc).startswith(expected)
+    assert list(tmp_path.iterdir()) == []
+    proc = cli("fmnist-train", "--multirun", "model=mlp", override, *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path,
+               check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "sweep" / "0" / "metrics.json").read_text())["status"] == "failed"
+    line = (tmp_path / "sweep" / "0" / "train.log").read_text().splitlines()[-1]
+    assert line.split("] ", 1)[1].startswith(expected.replace("fmnist-train: error:", "job 0 failed:")), line
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path: Path):

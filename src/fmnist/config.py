@@ -387,11 +387,6 @@ def _model_options() -> dict[str, dict[str, frozenset[str]]]:
     return classes
 
 
-def shipped_model(target: object) -> bool:
-    """Whether a model `_target_` is one of the classes conf/model/ names (whose keys are checked above)."""
-    return target in _model_options()
-
-
 def _check_model_keys(model: DictConfig) -> None:
     """Keys that fmnist's model class would refuse as unexpected arguments, named before any run starts: an
     experiment= preset written for one model and run with another passes its keys on."""

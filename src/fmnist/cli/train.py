@@ -30,7 +30,7 @@ from fmnist.cli.common import (
     report_user_errors,
     typed_args,
 )
-from fmnist.config import TrainConfig, check_world, shipped_model, train_config, usable_cores
+from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
 from fmnist.errors import UserError
 from fmnist.paths import quoted_override, sweep_dir
@@ -46,19 +46,19 @@ def checked(cfg: DictConfig) -> TrainConfig:
 
 def checked_before_run(cfg: DictConfig) -> TrainConfig:
     """A single run's settings, checked before Hydra makes its run directory, and its data found (or fetched):
-    a run without its data or the device it names, or resumed from a checkpoint that is not there, is refused
-    in one line and leaves nothing behind. A resumed run checks its checkpoint's dataset once it has read it."""
+    a run without its data or the device it names, with a setting only torch refuses (try_config), or resumed
+    from a checkpoint that is not there, is refused in one line and leaves nothing behind. A resumed run checks
+    its checkpoint's config and dataset once it has read it; a sweep's job checks its own as it starts."""
     settings = checked(cfg)
     if settings.device not in ("auto", "cpu") or settings.precision == "fp16" or settings.compile == "cudagraph":
         from fmnist.runtime import check_machine
 
         check_machine(settings.device, settings.precision, settings.compile)
     if settings.resume is None:
-        if not shipped_model(settings.model.get("_target_")):
-            from fmnist.train.setup import check_model_class
-
-            check_model_class(settings)
         find_data(settings.dataset)
+        from fmnist.train.setup import try_config  # torch, which the run imports next anyway
+
+        try_config(settings)
     elif settings.resume != "auto":  # auto looks in the run directory, which Hydra has yet to name
         resume_source(settings.resume, Path.cwd())
     return settings

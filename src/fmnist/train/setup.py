@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fmnist.artifacts.allowlist import check_stored_config
+from fmnist.artifacts.allowlist import check_stored_config, shipped_targets
 from fmnist.config import TrainConfig, stored_train_config
 from fmnist.errors import UserError, one_line
 from fmnist.models import Classifier
@@ -63,6 +63,16 @@ def _trainable(model: Any, target: object) -> Classifier:
 
 def _model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return {"log_probs": True} if cfg.loss.get("_target_") in LOG_PROB_LOSSES else {}
+
+
+def try_config(cfg: TrainConfig) -> None:
+    """What only torch can check of a new run's config, tried on stand-ins before anything is read or written:
+    a model class of the user's own, the loss and the optimizer's first step. The run tries the last two again
+    as it starts (the path of a sweep's jobs and of resumed runs, whose config this one is not)."""
+    if cfg.model.get("_target_") not in shipped_targets()["model"]:  # fmnist's own: config.py checked its keys
+        check_model_class(cfg)
+    try_loss(cfg)
+    try_optimizer(cfg)
 
 
 def check_model_class(cfg: TrainConfig) -> None:
