@@ -170,6 +170,12 @@ def test_predict_by_index_is_right_and_seed_is_reproducible(trained_run: Path, t
     assert out["predicted"] == names[int(preds[7])] and len(out["topk"]) == 3
     assert out["topk"][0]["class"] == out["predicted"]
     assert_real_png(tmp_path / "prediction-test-7.png")
+    preds, labels = independent_predictions(ckpt, "val")  # the training run's held-out images, by the same index
+    out = json.loads(cli("fmnist-predict", f"ckpt={ckpt}", "split=val", "index=5", "format=json",
+                         f"out_dir={tmp_path}", cwd=tmp_path).stdout)
+    assert (out["split"], out["index"], out["true"]) == ("val", 5, names[int(labels[5])])
+    assert out["predicted"] == names[int(preds[5])]
+    assert_real_png(tmp_path / "prediction-val-5.png")
     first = json.loads(cli("fmnist-predict", f"ckpt={ckpt}", "seed=5", "format=json", cwd=tmp_path).stdout)
     again = json.loads(cli("fmnist-predict", f"ckpt={ckpt}", "seed=5", "format=json", cwd=tmp_path).stdout)
     assert first == again
@@ -287,6 +293,10 @@ def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):
     assert "is not an image" in bad_input_error("fmnist-predict", ckpt, f"image={tmp_path / 'notes.png'}",
                                                 cwd=tmp_path)
     assert "out of range" in bad_input_error("fmnist-predict", ckpt, "index=100", cwd=tmp_path)
+    assert "index=40 is out of range: the val set has images 0..39" in bad_input_error(
+        "fmnist-predict", ckpt, "split=val", "index=40", cwd=tmp_path)
+    assert "split=train picks a dataset image, image=FILE is your own" in bad_input_error(
+        "fmnist-predict", ckpt, "split=train", f"image={tmp_path / 'notes.png'}", cwd=tmp_path)
     assert "index=-1 is not valid" in bad_input_error("fmnist-predict", ckpt, "index=-1", cwd=tmp_path)
     assert "batch_size=0 is not valid" in bad_input_error("fmnist-eval", ckpt, "batch_size=0", cwd=tmp_path)
     assert "precision='fp64' is not valid" in bad_input_error("fmnist-eval", ckpt, "precision=fp64", cwd=tmp_path)

@@ -281,14 +281,16 @@ INSPECT_RULES: tuple[Rule, ...] = (
     Rule("out_dir", lambda v: v is None or isinstance(v, str), "a directory path"),
     TRUST,
 )
+SPLIT_RULE = Rule("split", _one_of("test", "val", "train"), "test, val or train")
 EVAL_RULES: tuple[Rule, ...] = INSPECT_RULES + (
-    Rule("split", _one_of("test", "val", "train"), "test, val or train"),
+    SPLIT_RULE,
     Rule("tta", lambda v: v is None or v in TTA_MODES, f"null (as in training) or one of {', '.join(TTA_MODES)}",
          required=False),
     Rule("batch_size", _OPTIONAL_INT, "null or an integer in [1, 2^31)"),
     Rule("progress", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
 )
 PREDICT_RULES: tuple[Rule, ...] = INSPECT_RULES + (
+    SPLIT_RULE,
     Rule("index", lambda v: v is None or _int_at_least(0)(v), "null or an integer >= 0"),
     Rule("image", lambda v: v is None or isinstance(v, str), "null or an image file"),
     Rule("invert", lambda v: v == "auto" or _is_bool(v), "auto, true or false"),
@@ -317,6 +319,8 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
         _check_train_combinations(cfg)
     elif rules is PREDICT_RULES and cfg.image is not None and cfg.index is not None:
         raise UserError("give either image=FILE or index=N, not both")
+    elif rules is PREDICT_RULES and cfg.image is not None and cfg.split != "test":
+        raise UserError(f"split={cfg.split} picks a dataset image, image=FILE is your own: give one of them")
     if rules is not TRAIN_RULES:
         unknown = [f"dataset.{k}" for k in (cfg.get("dataset") or {}) if k not in INSPECT_DATASET_KEYS]
         if unknown:
@@ -562,6 +566,7 @@ class EvalConfig(InspectConfig):
 
 @dataclass(frozen=True)
 class PredictConfig(InspectConfig):
+    split: str = "test"  # the split index= and the random pick draw from
     index: int | None = None
     image: str | None = None
     invert: bool | str = "auto"
@@ -578,7 +583,7 @@ def eval_config(cfg: DictConfig) -> EvalConfig:
 
 def predict_config(cfg: DictConfig) -> PredictConfig:
     validate(cfg, PREDICT_RULES)
-    return PredictConfig(**_inspect_settings(cfg), index=cfg.index, image=cfg.image, invert=cfg.invert,
+    return PredictConfig(**_inspect_settings(cfg), split=cfg.split, index=cfg.index, image=cfg.image, invert=cfg.invert,
                          seed=cfg.seed, topk=cfg.topk, format=cfg.format)
 
 

@@ -36,12 +36,12 @@ def run_predict(cfg: PredictConfig, default_out_dir: Path | None = None) -> dict
         picture = f"prediction-{_safe_stem(Path(cfg.image).stem)}.png"
     else:
         say_where_the_data_is(r)
-        images, labels = load_split(ds, "test", r.cfg.seed)
-        index = _pick_index(cfg.index, cfg.seed, len(labels))
+        images, labels = load_split(ds, cfg.split, r.cfg.seed)
+        index = _pick_index(cfg.index, cfg.seed, len(labels), cfg.split)
         image, true = images[index], int(labels[index])
-        result["index"] = index
-        caption = f"test image #{index}"
-        picture = f"prediction-test-{index}.png"
+        result.update(split=cfg.split, index=index)
+        caption = f"{cfg.split} image #{index}"
+        picture = f"prediction-{cfg.split}-{index}.png"
     x = Normalize(ds.mean, ds.std, r.device)(image[None].to(r.device))
     probs = predict_probs(r.model, x, device=r.device, dtype=r.dtype)[0].cpu()
     names = r.class_names
@@ -77,16 +77,16 @@ def _safe_stem(stem: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:64] or "image"
 
 
-def _pick_index(index: int | None, seed: int | None, n: int) -> int:
+def _pick_index(index: int | None, seed: int | None, n: int, split: str) -> int:
     if index is None:
         return random.Random(seed).randrange(n)
     if not index < n:
-        raise UserError(f"index={index!r} is out of range: the test set has images 0..{n - 1}")
+        raise UserError(f"index={index!r} is out of range: the {split} set has images 0..{n - 1}")
     return index
 
 
 def _as_text(result: dict[str, Any]) -> str:
-    where = f"image {result['image']}" if "image" in result else f"test image #{result['index']}"
+    where = f"image {result['image']}" if "image" in result else f"{result['split']} image #{result['index']}"
     head = f"{where}: predicted {result['predicted']}"
     if result["true"] is not None:
         head += f", true {result['true']} ({'right' if result['correct'] else 'wrong'})"
