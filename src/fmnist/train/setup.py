@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -70,18 +70,16 @@ def try_config(cfg: TrainConfig) -> None:
     a model class of the user's own, the loss and the optimizer's first step. The run tries the last two again
     as it starts (the path of a sweep's jobs and of resumed runs, whose config this one is not)."""
     if cfg.model.get("_target_") not in shipped_targets()["model"]:  # fmnist's own: config.py checked its keys
-        check_model_class(cfg)
+        _check_model_class(cfg)
     try_loss(cfg)
     try_optimizer(cfg)
 
 
-def check_model_class(cfg: TrainConfig) -> None:
+def _check_model_class(cfg: TrainConfig) -> None:
     """A model `_target_` of the user's own (one conf/model/ does not ship), checked before the run directory
     exists: that it imports, is a torch.nn.Module where it is a class, takes the keys its config gives, and,
     where it can be built on the meta device, makes a module with weights to train. A class that cannot be
     built there (it needs the real device, or real numbers, to initialise) is left to the run's own build."""
-    from hydra.utils import get_object
-
     target = str(cfg.model.get("_target_"))
     hydra_log = logging.getLogger("hydra.utils")  # which logs the error it raises, in three lines
     hydra_log.disabled = True
