@@ -216,6 +216,18 @@ def test_a_model_class_of_ones_own_trains_and_a_wrong_one_is_refused_before_a_ru
     assert json.loads((work / "r" / "metrics.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.parametrize("code", [2, 130])
+def test_nothing_logs_after_the_line_that_ends_a_command(code: int):
+    """torch logs its FakeTensor cache statistics at INFO from an exit handler; where a Ctrl-C came while
+    torch._dynamo loaded, they followed `fmnist-eval: interrupted` on the console (three lines)."""
+    script = ("import atexit, logging\nfrom fmnist.cli.common import fail\nlogging.basicConfig(level=logging.INFO)\n"
+              "atexit.register(lambda: logging.getLogger('torch._subclasses.fake_tensor').info('cache stats'))\n"
+              f"fail('fmnist-eval', 'interrupted', {code})\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    said = "fmnist-eval: error: interrupted" if code == 2 else "fmnist-eval: interrupted"
+    assert (proc.returncode, proc.stderr) == (code, said + "\n")
+
+
 @pytest.mark.parametrize(("args", "code"), [((), 0), (("dataset.root=nowhere",), 2)])
 def test_a_command_that_loaded_torch_ends_with_all_it_wrote(tmp_path: Path, args: tuple[str, ...], code: int):
     """Such a command ends without the interpreter's module teardown (1.2-1.5 s with torch): in a fresh process

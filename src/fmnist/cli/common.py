@@ -57,14 +57,17 @@ def report_user_errors(prog: str, body: Callable[[], T]) -> T:
     except UserError as exc:
         fail(prog, str(exc), getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        fail(prog, "interrupted", 130)
 
 
 def fail(prog: str, message: str, code: int = 2) -> Any:
+    """End with `line` as the last word, on stderr and in the run's log files. Nothing logs after it: an exit
+    handler's record (torch's FakeTensor cache statistics, where a Ctrl-C came while torch._dynamo loaded)
+    would otherwise follow the one line."""
     line = f"{prog}: {'error: ' if code == 2 else ''}{' '.join(message.split())}"
     end_log_files(line)
     logging.shutdown()
+    logging.disable(logging.CRITICAL)
     print(line, file=sys.stderr)
     sys.exit(code)
 
