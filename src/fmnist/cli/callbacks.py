@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from fmnist.artifacts.atomic import absent_dirs, remove_empty
+from fmnist.cli.overrides import override_parts
 from fmnist.paths import quoted_override, sweep_dir
 
 if TYPE_CHECKING:
@@ -87,10 +89,6 @@ def finishing_command(folder: Path) -> str:
     with resume=auto: every job that was stopped goes on from its last.pt, every job that never started
     starts, and finished ones only run their test again. Empty where the record cannot be read, and for a
     search (Optuna's sweeper), whose trials would sample other values than the stopped ones have."""
-    import yaml
-
-    from fmnist.cli.common import override_parts  # the CLI module imports this one
-
     try:
         record = yaml.safe_load((folder / "multirun.yaml").read_text())["hydra"]
         if not str(record["sweeper"]["_target_"]).endswith(".BasicSweeper"):
@@ -113,7 +111,7 @@ def check_jobs_free(folder: Path, overrides: list[str]) -> None:
     if not folder.is_dir():
         return
     from fmnist.artifacts.rundir import RunDir, RunDirectoryInUse
-    from fmnist.cli.common import fail, override_parts  # the CLI module imports this one
+    from fmnist.cli.common import fail  # the CLI module imports this one
 
     resuming = any(override_parts(o)[0] == "resume" for o in overrides)
     for job in sorted(p for p in folder.iterdir() if p.is_dir()):

@@ -26,10 +26,10 @@ from fmnist.cli.callbacks import finishing_command
 from fmnist.cli.common import (
     end_worker_without_teardown,
     hydra_app,
-    override_parts,
     report_user_errors,
     typed_args,
 )
+from fmnist.cli.overrides import override_parts
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
 from fmnist.errors import UserError

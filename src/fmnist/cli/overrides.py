@@ -1,0 +1,178 @@
+"""The command line's overrides read against conf/, without composing: which options they choose, the keys
+those give, and Hydra's errors about them as one line each, with the valid choices and the closest match.
+
+Hydra words a mistyped key or an unknown option as ten lines that name its internals (`Could not override
+'modle'`); what the user typed is all the line should need.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from fmnist.config import CONFIG_DIR, option_files
+
+
+def sampled_sweep_error(overrides: list[str]) -> str | None:
+    """What to say of an interval() that reached the basic sweeper, which names only the sweep's type."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            return (f"{override.input_line}: the default sweeper runs lists (a,b), range() and glob() only; an "
+                    f"interval is sampled by a search: add hparams_search=optuna (its other keys too), or "
+                    f"hydra/sweeper=optuna hydra.sweeper.direction=maximize (pip install 'fmnist[sweep]')")
+    return None
+
+
+def missing_option_error(exc: MissingConfigException) -> str:
+    """model=resnet -> 'model=resnet is not an option: choose one of ... (did you mean ...?)'."""
+    found = re.search(r"Could not find '([^']+)'", str(exc))
+    wanted = found.group(1) if found else (exc.missing_cfg_file or "?")
+    group, _, option = wanted.rpartition("/")
+    options = sorted(exc.options or [])
+    if not options or not group:
+        return str(exc).splitlines()[0]
+    return f"{group}={option} is not an option: choose one of {', '.join(options)}{_closest(option, options)}"
+
+
+def composition_error(exc: ConfigCompositionException, prog: str, config_name: str, overrides: list[str]) -> str:
+    """modle=cnn -> 'modle is not a config key (did you mean model?) ...'."""
+    text = str(exc)
+    found = re.search(r"Could not override '([^']+)'", text) or re.search(r"Could not append to config. An item is "
+                                                                         r"already at '([^']+)'", text)
+    if found and "Could not override" in text:
+        key = found.group(1)
+        group = key.split(".")[0]
+        if group in other_apps_groups(config_name):  # eval's model=cnn
+            return (f"{key} is not a setting of {prog}: it comes from the checkpoint's training config "
+                    f"({prog} --help lists the settings)")
+        if key in _known_keys(config_name):  # e.g. optimizer.nesterov with optimizer=rmsprop
+            lacking = [o for o in _chosen_options(config_name, overrides).get(group, [])
+                       if key not in _config_keys(config_name, _option_files({group: [o]}))]
+            which = f"{group}={','.join(lacking)}" if lacking else f"the {group} chosen"
+            return (f"{key} is not a setting of {which} (only of other {group} options): drop it, "
+                    f"or choose an option that has it")
+        hint = _closest(key, _chosen_keys(config_name, overrides))
+        return f"{key} is not a config key{hint}; to add a new key on purpose, write +{key}=VALUE"
+    return " ".join(text.split())
+
+
+def _closest(word: str, choices: list[str]) -> str:
+    """The likeliest meant choice: for a dotted key, among the keys beside it (a shared `scheduler.` prefix
+    would make any two of them look alike), else among all as deep as it (`model`, a group, is no key that
+    `model.hiden` meant)."""
+    parent, _, leaf = word.rpartition(".")
+    siblings = [c.rpartition(".")[2] for c in choices if parent and c.rpartition(".")[0] == parent]
+    if siblings:
+        match = [f"{parent}.{m}" for m in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
+    else:
+        deep = [c for c in choices if c.count(".") == word.count(".")]
+        match = difflib.get_close_matches(word, deep, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+@cache
+def _primary(config_name: str) -> dict[str, Any]:
+    return yaml.safe_load((Path(CONFIG_DIR) / f"{config_name}.yaml").read_text()) or {}
+
+
+@cache
+def _default_choices(config_name: str) -> dict[str, Any]:
+    """The primary config's defaults list as group -> option (Hydra's `override hydra/...` entries included)."""
+    return _defaults_list(_primary(config_name))
+
+
+def _defaults_list(node: Any) -> dict[str, Any]:
+    """A config's defaults list as {entry: option}, e.g. {"model": "cnn"}, {"override /model": "speednet"}."""
+    entries = node.get("defaults", []) if isinstance(node, dict) else []
+    return {k: v for e in entries if isinstance(e, dict) for k, v in e.items()}
+
+
+@cache
+def app_groups(config_name: str) -> frozenset[str]:
+    """The config groups the primary config's defaults list chooses from (train: dataset, model, ...; eval and
+    predict: none), never Hydra's own."""
+    return frozenset(k for k in _default_choices(config_name) if not k.startswith(("override ", "hydra")))
+
+
+@cache
+def other_apps_groups(config_name: str) -> frozenset[str]:
+    """The config groups in conf/ that another entry point chooses from, not this one (eval: model, optimizer,
+    ...; train: none). Hydra's own (hydra/) belong to every app."""
+    return frozenset(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()) - app_groups(config_name) - {"hydra"}
+
+
+@cache
+def _known_keys(config_name: str) -> list[str]:
+    """Dotted keys of the primary config and of every option of its config groups."""
+    return _config_keys(config_name, lambda group: (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def override_parts(override: str) -> tuple[str, str]:
+    """`+model=cnn` -> ("model", "cnn"); `~logger` -> ("logger", "")."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _chosen_options(config_name: str, overrides: list[str]) -> dict[str, list[str]]:
+    """group -> the options this command composes, as Hydra ranks them: the defaults list's, then those an
+    experiment chosen overrides, then the command's `group=option` (each option of a sweep's `model=mlp,cnn`
+    or `choice(mlp,cnn)`)."""
+    chosen: dict[str, list[str]] = {}
+    for group, option in _default_choices(config_name).items():
+        chosen[group] = [option] if isinstance(option, str) else [o for o in option or [] if isinstance(o, str)]
+    named: dict[str, list[str]] = {}
+    for override in overrides:
+        group, value = override_parts(override)
+        value = value.strip()
+        if value.startswith("choice(") and value.endswith(")"):
+            value = value[len("choice("):-1]
+        named[group] = [v.strip().strip("'\"") for v in value.split(",") if v.strip()]
+    by_experiments: dict[str, list[str]] = {}
+    for experiment in named.get("experiment", chosen.get("experiment", [])):  # its `override /model: speednet`
+        path = Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml"
+        for key, option in _defaults_list(yaml.safe_load(path.read_text()) if path.is_file() else None).items():
+            if key.startswith("override /") and isinstance(option, str):
+                by_experiments.setdefault(key.removeprefix("override /"), []).append(option)
+    return chosen | by_experiments | named
+
+
+def _option_files(chosen: dict[str, list[str]]) -> Callable[[str], list[Path]]:
+    """For _config_keys: the files of the options `chosen` for a group, each after those it extends."""
+    def files(group: str) -> list[Path]:
+        return [path for option in chosen.get(group, []) for path in option_files(group, option)]
+    return files
+
+
+def _chosen_keys(config_name: str, overrides: list[str]) -> list[str]:
+    """Dotted keys of the primary config and of the options chosen (_chosen_options): what a mistyped key may
+    have meant, never a key of an option not chosen."""
+    return _config_keys(config_name, _option_files(_chosen_options(config_name, overrides)))
+
+
+def _config_keys(config_name: str, options: Callable[[str], Iterable[Path]]) -> list[str]:
+    """Dotted keys of the primary config, its groups' names, and the keys of each group's option files that
+    `options(group)` names."""
+    keys: set[str] = set(_flatten(_primary(config_name), "")) | set(app_groups(config_name))
+    for group in app_groups(config_name):
+        for option in options(group):
+            keys.update(_flatten(yaml.safe_load(option.read_text()) or {}, group))
+    return sorted(k for k in keys if not k.startswith(("hydra", "defaults")))
+
+
+def _flatten(node: Any, prefix: str) -> set[str]:
+    out: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out.add(path)
+            out |= _flatten(value, path)
+    return out
