@@ -304,6 +304,7 @@ def test_a_model_larger_than_the_memory_is_refused_in_one_line(tmp_path: Path):
 @pytest.mark.parametrize(("override", "expected"), [
     ("+optimizer.amsgrad=maybe", "fmnist-train: error: optimizer: its first step fails on a stand-in weight"),
     ("+loss.ignore_index=abc", "fmnist-train: error: loss: on stand-in outputs (TypeError:"),
+    ("+scheduler._target_=collections.OrderedDict", "fmnist-train: error: scheduler: 'Adam' object is not iterable"),
 ])
 def test_a_setting_only_torch_checks_is_refused_before_any_data_in_one_line(tmp_path: Path, override: str,
                                                                            expected: str):

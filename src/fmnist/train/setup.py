@@ -67,12 +67,20 @@ def _model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 
 def try_config(cfg: TrainConfig) -> None:
     """What only torch can check of a new run's config, tried on stand-ins before anything is read or written:
-    a model class of the user's own, the loss and the optimizer's first step. The run tries the last two again
-    as it starts (the path of a sweep's jobs and of resumed runs, whose config this one is not)."""
+    a model class of the user's own, the loss, the optimizer's first step and the scheduler. The run checks
+    all but the model class again as it starts (the path of a sweep's jobs and of resumed runs, whose config
+    this one is not)."""
     if cfg.model.get("_target_") not in shipped_targets()["model"]:  # fmnist's own: config.py checked its keys
         _check_model_class(cfg)
     try_loss(cfg)
     try_optimizer(cfg)
+    weight = torch.zeros(8, requires_grad=True)
+    quiet = log.level
+    log.setLevel(logging.ERROR)  # its warnings (T_max shorter than the run) come with the run's own build
+    try:
+        build_scheduler(cfg, build_optimizer(cfg, [weight], torch.device("cpu")), steps_per_epoch=1)
+    finally:
+        log.setLevel(quiet)
 
 
 def _check_model_class(cfg: TrainConfig) -> None:
