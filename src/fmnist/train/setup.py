@@ -67,9 +67,9 @@ def _model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 
 def try_config(cfg: TrainConfig) -> None:
     """What only torch can check of a new run's config, tried on stand-ins before anything is read or written:
-    a model class of the user's own, the loss, the optimizer's first step and the scheduler. The run checks
-    all but the model class again as it starts (the path of a sweep's jobs and of resumed runs, whose config
-    this one is not)."""
+    a model class of the user's own, the loss, the optimizer's first step and the scheduler. The run meets each
+    again as it builds them: the check there for a sweep's jobs and for resumed runs, whose config this one is
+    not."""
     if cfg.model.get("_target_") not in shipped_targets()["model"]:  # fmnist's own: config.py checked its keys
         _check_model_class(cfg)
     try_loss(cfg)
