@@ -134,6 +134,13 @@ def test_trust_comes_from_the_command_line_not_the_file(trained_run: Path, tmp_p
     assert "accuracy" in accepted.stdout
 
 
+def test_a_trusted_class_that_does_not_import_is_one_line(trained_run: Path, tmp_path: Path):
+    """Worded as training words it ("cannot import ..."), not as Hydra's three lines joined into one."""
+    ckpt = crafted(trained_run, tmp_path, _set("config.model._target_", "nowhere.Net"))
+    proc = cli("fmnist-eval", f"ckpt={ckpt}", "progress=false", "trust=[nowhere.Net]", cwd=tmp_path, check=False)
+    assert one_line_error(proc) == "fmnist-eval: error: model: cannot import nowhere.Net: No module named 'nowhere'"
+
+
 def test_a_stored_data_root_is_never_followed(trained_run: Path, tmp_path: Path):
     elsewhere = tmp_path / "etc-like" / "made-by-the-file\x1b[2J"
     ckpt = crafted(trained_run, tmp_path, _set("config.dataset.root", str(elsewhere)))

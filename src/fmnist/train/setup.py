@@ -41,7 +41,10 @@ def _make(group: str, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return instantiate(node, *args, **kwargs)
     except InstantiationException as exc:
-        raise UserError(f"{group}: {one_line(exc.__cause__ or exc, 400)}") from None
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ImportError) and cause.__cause__ is not None:  # Hydra's three lines around the import's
+            raise UserError(f"{group}: cannot import {node.get('_target_')}: {one_line(cause.__cause__)}") from None
+        raise UserError(f"{group}: {one_line(cause, 400)}") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{group}: {one_line(exc, 400)}") from None
 
