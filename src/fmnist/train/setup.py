@@ -43,10 +43,14 @@ def _make(group: str, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
         if isinstance(cause, ImportError) and cause.__cause__ is not None:  # Hydra's three lines around the import's
-            raise UserError(f"{group}: cannot import {node.get('_target_')}: {one_line(cause.__cause__)}") from None
+            raise _cannot_import(group, node.get("_target_"), cause.__cause__) from None
         raise UserError(f"{group}: {one_line(cause, 400)}") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{group}: {one_line(exc, 400)}") from None
+
+
+def _cannot_import(group: str, target: object, error: BaseException) -> UserError:
+    return UserError(f"{group}: cannot import {target}: {one_line(error)}")
 
 
 def build_model(cfg: TrainConfig) -> Classifier:
@@ -77,11 +81,10 @@ def try_config(cfg: TrainConfig) -> None:
         _check_model_class(cfg)
     try_loss(cfg)
     try_optimizer(cfg)
-    weight = torch.zeros(8, requires_grad=True)
     quiet = log.level
     log.setLevel(logging.ERROR)  # its warnings (T_max shorter than the run) come with the run's own build
     try:
-        build_scheduler(cfg, build_optimizer(cfg, [weight], torch.device("cpu")), steps_per_epoch=1)
+        build_scheduler(cfg, _stand_in_optimizer(cfg)[0], steps_per_epoch=1)
     finally:
         log.setLevel(quiet)
 
@@ -97,7 +100,7 @@ def _check_model_class(cfg: TrainConfig) -> None:
     try:
         made_by = get_object(target)
     except Exception as exc:  # the user's module, running as it is imported: whatever it raises is one line
-        raise UserError(f"model: cannot import {target}: {one_line(exc.__cause__ or exc)}") from None
+        raise _cannot_import("model", target, exc.__cause__ or exc) from None
     finally:
         hydra_log.disabled = False
     if isinstance(made_by, type) and not issubclass(made_by, nn.Module):
@@ -147,9 +150,7 @@ def try_optimizer(cfg: TrainConfig) -> int:
     first training step as a traceback. Returns the values of state it keeps per weight (Adam: 2, SGD with
     momentum: 1), counted rather than looked up, so that any option and any optimizer of the user's own count
     right."""
-    weight = torch.zeros(8, requires_grad=True)
-    weight.grad = torch.ones(8)
-    optimizer = build_optimizer(cfg, [weight], torch.device("cpu"))
+    optimizer, weight = _stand_in_optimizer(cfg)
     try:
         optimizer.step()
     except Exception as exc:  # whatever torch raises for a setting, the training loop would meet it too
@@ -157,6 +158,14 @@ def try_optimizer(cfg: TrainConfig) -> int:
                         f"{one_line(exc, 300)})") from None
     return sum(t.numel() for state in optimizer.state.values() for t in state.values()
                if isinstance(t, torch.Tensor) and t.shape == weight.shape) // weight.numel()
+
+
+def _stand_in_optimizer(cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.Tensor]:
+    """cfg's optimizer over one stand-in weight of 8 values, with a gradient: what try_optimizer steps and
+    try_config's scheduler is built over."""
+    weight = torch.zeros(8, requires_grad=True)
+    weight.grad = torch.ones(8)
+    return build_optimizer(cfg, [weight], torch.device("cpu")), weight
 
 
 def try_loss(cfg: TrainConfig) -> None:
