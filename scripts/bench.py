@@ -66,7 +66,7 @@ from fmnist.data.transforms import TTA, Normalize
 from fmnist.runtime import configure_threads, cpu_bf16_flag, cpu_identity, synchronize
 from fmnist.train.loop import EpochStats, evaluate, train_epochs
 from fmnist.train.setup import Training, build_loss, build_model, build_training, training_precision
-from fmnist.train.step import make_step
+from fmnist.train.step import make_step, resolve_compile
 
 PAIRS = ("cnn:fashion", "mlp:fashion", "bn_cnn:mnist", "feedforward:cifar10")
 TARGETS = {"cnn:fashion": 0.91, "bn_cnn:mnist": 0.97, "mlp:fashion": 0.86}
@@ -102,6 +102,7 @@ def engine_epochs(cfg: TrainConfig, train: Batches, device: torch.device, epochs
     """fmnist's own setup and epoch loop, as fmnist-train runs them: (the Training, its autocast dtype, an
     iterator of epochs)."""
     dtype = training_precision(cfg, device)
+    cfg = resolve_compile(cfg, device, dtype)
     t = build_training(cfg, device, dtype, len(train))
     runner = make_step(cfg.compile, t, train, device=device, dtype=dtype)
     return t, dtype, train_epochs(runner, train, 1, epochs)

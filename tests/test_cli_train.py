@@ -28,6 +28,7 @@ def test_train_writes_every_artifact(trained_run: Path):
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
     assert metrics["test"]["samples"] == 100 and 0.5 < metrics["test"]["accuracy"] <= 1.0
     assert metrics["device"] in ("cpu", "cuda", "mps") and metrics["precision"] == "fp32"  # as trained_run asks
+    assert metrics["compile"] == ("cudagraph" if metrics["device"] == "cuda" else "none")  # what compile=auto chose
     assert f"trained on {metrics['device']} in fp32" in (trained_run / "report.html").read_text()
     rows = list(csv.DictReader((trained_run / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[-1]["val_acc"]) > 0.3

@@ -32,7 +32,7 @@ def test_default_config_is_valid():
     ("progress=maybe", "progress='maybe' is not valid"),
     ("model.channels=[]", "model.channels=[] is not valid"),
     ("data.loader=dali", "data.loader='dali' is not valid: expected tensor or torchvision"),
-    ("compile=jit", "compile='jit' is not valid: expected none, torch or cudagraph"),
+    ("compile=jit", "compile='jit' is not valid: expected auto, none, torch or cudagraph"),
     ("threads=0", "threads=0 is not valid"),
 ])
 def test_bad_values_are_named(override: str, expected: str):

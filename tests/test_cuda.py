@@ -10,12 +10,16 @@ can read.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, cli, settings, torchrun
+from helpers import FAST, cli, console_script, settings, torchrun
 
+from fmnist.artifacts.checkpoint import load_checkpoint
 from fmnist.data.batches import make_batches
 from fmnist.runtime import resolve_precision
 from fmnist.train.loop import train_epochs
@@ -55,14 +59,41 @@ def test_cudagraph_with_augmentation_and_dropout_learns():
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("extra", [("compile=cudagraph",), ("compile=torch",), ("data.loader=torchvision",)])
-def test_cli_trains_on_cuda_and_the_cpu_reads_the_checkpoint(tmp_path: Path, extra: tuple[str, ...]):
+@pytest.mark.parametrize(("extra", "chosen"), [
+    ((), "cudagraph"),  # compile=auto, the default
+    (("scheduler=cosine",), "none"),  # auto, where the captured step cannot follow the learning rate
+    (("compile=torch",), "torch"),
+    (("data.loader=torchvision",), "none"),
+])
+def test_cli_trains_on_cuda_and_the_cpu_reads_the_checkpoint(tmp_path: Path, extra: tuple[str, ...], chosen: str):
     cli("fmnist-train", "device=cuda", "model=cnn", "model.channels=[8,16]", "model.hidden=[32]",
         "dataset=fashion", *FAST, *extra, "hydra.run.dir=run", cwd=tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5
+    assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5 and metrics["compile"] == chosen
+    assert (f"compile {chosen}" in (tmp_path / "run" / "train.log").read_text()) == (chosen != "none")
     out = cli("fmnist-eval", f"ckpt={tmp_path / 'run' / 'best.pt'}", "device=cpu", cwd=tmp_path).stdout
     assert "accuracy" in out.lower()
+
+
+def test_a_captured_run_stopped_part_way_resumes_and_finishes(tmp_path: Path):
+    """compile=auto's captured step through Ctrl-C and resume=auto: last.pt written between replays, the
+    interrupted epoch continued through a graph captured anew."""
+    recipe = ("device=cuda", "model=mlp", "dataset=mnist", "batch_size=16", "progress=false",
+              "checkpoint_every_steps=2", "hydra.run.dir=run")
+    proc = subprocess.Popen([console_script("fmnist-train"), *recipe, "epochs=300"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last, deadline = tmp_path / "run" / "last.pt", time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(1.0)  # past the warm-up steps and the capture: replays
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    done = load_checkpoint(last)["epoch"]
+    cli("fmnist-train", *recipe, "resume=auto", f"epochs={done + 1}", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["compile"] == "cudagraph"
+    assert len(metrics["history"]) == done + 1 and metrics["test"]["accuracy"] > 0.5
 
 
 def test_bf16_is_the_cuda_default():

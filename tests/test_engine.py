@@ -15,7 +15,7 @@ from fmnist.data.transforms import TTA, Normalize
 from fmnist.errors import UserError
 from fmnist.train.loop import EpochStats, NonFiniteLoss, evaluate, train_epochs, train_one_epoch
 from fmnist.train.setup import Training, build_training
-from fmnist.train.step import EagerStep, make_step
+from fmnist.train.step import EagerStep, make_step, resolve_compile
 
 CPU = torch.device("cpu")
 # Every source of randomness in a step: shuffling, augmentation and dropout.
@@ -160,6 +160,25 @@ def test_translate_tta_averages_the_image_shifted_each_way_with_black_borders(da
             expected = (sum(model(v) for v in views) / len(views)).softmax(1)
         assert len(views) == (5 if mode == "translate" else 10)
         assert torch.allclose(result.probs, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("device", "dtype", "overrides", "distributed", "chosen"), [
+    ("cuda", torch.bfloat16, (), False, "cudagraph"),
+    ("cuda", torch.float32, ("precision=fp32",), False, "cudagraph"),
+    ("cpu", torch.float32, (), False, "none"),
+    ("cuda", torch.float16, (), False, "none"),  # precision=auto where a GPU has no bf16: loss scaling
+    ("cuda", torch.bfloat16, (), True, "none"),  # torchrun
+    ("cuda", torch.bfloat16, ("scheduler=cosine",), False, "none"),
+    ("cuda", torch.bfloat16, ("on_nan=skip_batch",), False, "none"),
+    ("cuda", torch.bfloat16, ("data.loader=torchvision",), False, "none"),
+    ("cuda", torch.bfloat16, ("compile=torch",), False, "torch"),
+    ("cuda", torch.bfloat16, ("compile=none",), False, "none"),
+])
+def test_compile_auto_captures_the_step_where_it_can(device: str, dtype: torch.dtype, overrides: tuple[str, ...],
+                                                     distributed: bool, chosen: str):
+    cfg = settings("model=mlp", "dataset=mnist", *overrides)
+    resolved = resolve_compile(cfg, torch.device(device), dtype, distributed=distributed)
+    assert resolved.compile == chosen and resolved.resolved["compile"] == cfg.resolved["compile"]
 
 
 def test_the_captured_step_needs_a_cuda_device():

@@ -197,7 +197,7 @@ TRAIN_RULES: tuple[Rule, ...] = (
     Rule("seed", _int_at_least(0), "an integer in [0, 2^63)"),
     DEVICE,
     Rule("precision", _one_of("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
-    Rule("compile", _one_of("none", "torch", "cudagraph"), "none, torch or cudagraph", required=False),
+    Rule("compile", _one_of("auto", "none", "torch", "cudagraph"), "auto, none, torch or cudagraph", required=False),
     Rule("channels_last", lambda v: v == "auto" or _is_bool(v), "auto, true or false", required=False),
     Rule("num_workers", _int_at_least(0, MAX_THREADS), f"an integer in [0, {MAX_THREADS}]"),
     Rule("threads", lambda v: v == "auto" or _int_at_least(1, MAX_THREADS)(v),
@@ -335,19 +335,10 @@ def _check_train_combinations(cfg: DictConfig) -> None:
             f"dataset.mean and dataset.std need one value per channel ({cfg.dataset.channels}), "
             f"got {list(cfg.dataset.mean)} and {list(cfg.dataset.std)}"
         )
-    if cfg.get("compile") == "cudagraph":
-        if cfg.scheduler.get("_target_"):
-            raise UserError("compile=cudagraph replays a fixed learning rate: use scheduler=none, or "
-                            "compile=none/torch")
-        if cfg.get("on_nan") == "skip_batch":
-            raise UserError("compile=cudagraph cannot skip single batches: use on_nan=stop, or compile=none/torch")
-        if cfg.precision == "fp16":
-            raise UserError("compile=cudagraph does not support precision=fp16 (loss scaling): use bf16 or fp32")
-        if cfg.data.loader != "tensor":
-            raise UserError("compile=cudagraph needs data.loader=tensor (the data must live on the GPU)")
-        if cfg.device in ("cpu", "mps"):
-            raise UserError(f"compile=cudagraph needs a CUDA device, not device={cfg.device}; use compile=none "
-                            f"or compile=torch")
+    if cfg.get("compile") == "cudagraph" and (obstacle := cudagraph_obstacle(
+            scheduled=bool(cfg.scheduler.get("_target_")), on_nan=cfg.get("on_nan", "stop"), precision=cfg.precision,
+            loader=cfg.data.loader, device=cfg.device)):
+        raise UserError(f"compile=cudagraph {obstacle}")
     if "epochs" in cfg.scheduler and cfg.scheduler.epochs < cfg.epochs:  # OneCycleLR: its steps are counted out
         raise UserError(f"epochs={cfg.epochs} runs past the end of the one-cycle schedule (scheduler.epochs="
                         f"{cfg.scheduler.epochs}): set scheduler.epochs to at least epochs (a resumed run keeps "
@@ -363,6 +354,22 @@ def _check_train_combinations(cfg: DictConfig) -> None:
             f"dataset.classes has {len(cfg.dataset.classes)} names but dataset.num_classes="
             f"{cfg.dataset.num_classes}"
         )
+
+
+def cudagraph_obstacle(*, scheduled: bool, on_nan: str, precision: str, loader: str, device: str) -> str | None:
+    """Why the captured step cannot train a run so set (None: it can, on a CUDA device): compile=cudagraph is
+    refused for it, and compile=auto trains it eagerly instead."""
+    if scheduled:
+        return "replays a fixed learning rate: use scheduler=none, or compile=none/torch"
+    if on_nan == "skip_batch":
+        return "cannot skip single batches: use on_nan=stop, or compile=none/torch"
+    if precision == "fp16":
+        return "does not support precision=fp16 (loss scaling): use bf16 or fp32"
+    if loader != "tensor":
+        return "needs data.loader=tensor (the data must live on the GPU)"
+    if device in ("cpu", "mps"):
+        return f"needs a CUDA device, not device={device}; use compile=none or compile=torch"
+    return None
 
 
 def option_files(group: str, option: str, _seen: frozenset[str] = frozenset()) -> list[Path]:

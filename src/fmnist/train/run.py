@@ -35,7 +35,7 @@ from fmnist.train.interrupt import StopRequest
 from fmnist.train.loop import EpochStats, EvalResult, NonFiniteLoss, evaluate, train_epochs
 from fmnist.train.setup import build_training, check_model_fits, training_precision, try_loss, try_optimizer
 from fmnist.train.state import TrainState, check_not_behind, position, resume_state, resumed_config
-from fmnist.train.step import make_step
+from fmnist.train.step import make_step, resolve_compile
 from fmnist.world import World
 
 log = logging.getLogger("fmnist")
@@ -127,6 +127,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
         train_batches = batches("train", cfg.batch_size // world.size, training=True)  # the global batch_size
         val_batches = batches("val", cfg.eval_batch_size)
         test_batches = batches("test", cfg.eval_batch_size)  # now: a missing test file is found before training
+        cfg = resolve_compile(cfg, device, dtype, distributed=ranks.distributed)
         t = build_training(cfg, device, dtype, len(train_batches), distributed=ranks.distributed)
         state = resume_state(resumed, resume_from, t, train_batches) if resumed is not None else TrainState()
         runner = make_step(cfg.compile, t, train_batches, device=device, dtype=dtype,
@@ -135,7 +136,7 @@ def _train(cfg: TrainConfig, run: RunDir, choices: dict[str, str], resume_from: 
         if resumed is None:
             raise
         raise ResumeRefused(str(exc)) from None
-    trained_on = {"device": str(device), "precision": precision_name(dtype)}  # what auto chose, for metrics.json
+    trained_on = {"device": str(device), "precision": precision_name(dtype), "compile": cfg.compile}  # what auto chose
     title = f"{choices.get('model', '')} on {cfg.dataset.name}".strip()
     info = RunInfo(run.path, title, cfg.resolved, _hparams(cfg, choices), launch, resumed=resumed is not None)
     run.track(info, make_trackers(cfg.loggers, run.path) if world.main else Trackers(),
@@ -292,10 +293,10 @@ def _log_start(cfg: TrainConfig, choices: dict[str, str], state: TrainState, res
         # A sweep finished with resume=auto starts its jobs that never ran: that is what it was asked to do
         hint = "" if launch.sweep_dir is not None else " (to continue one: resume=RUN_DIR)"
         log.info("resume=auto: no %s in %s, so a new run starts%s", LAST, run.path, hint)
-    log.info("%s: %d train / %d val images | model %s (%s parameters) | optimizer %s lr %g | %s %s | loader %s",
+    log.info("%s: %d train / %d val images | model %s (%s parameters) | optimizer %s lr %g | %s %s | loader %s%s",
              cfg.dataset.name, n_train, n_val, choices.get("model", "?"), f"{n_params:,}",
              choices.get("optimizer", "?"), cfg.optimizer["lr"], device, str(dtype).removeprefix("torch."),
-             cfg.loader)
+             cfg.loader, "" if cfg.compile == "none" else f" | compile {cfg.compile}")
     log.info("run directory: %s", run.path)
     if cfg.batch_size > n_train:  # legal, and what a DataLoader does, but rarely what was meant
         log.warning("batch_size=%d is more than the %d training images: every epoch is one step of %d", cfg.batch_size,
