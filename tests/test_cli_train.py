@@ -128,6 +128,26 @@ def test_a_mistyped_key_is_matched_among_the_keys_of_the_options_chosen(tmp_path
     assert f"{key} is not a config key{hint}; to add" in line, line
 
 
+def test_a_key_added_where_fmnist_reads_key_by_key_is_refused(tmp_path: Path):
+    """The top level, dataset, its augment and data are read key by key: a key added there would be ignored
+    (+dataset.limit=5 trained on every image) or fail as an unexpected argument (+dataset.augment.hflp=true
+    was a traceback). Refused in one line before a run directory exists; nor is adding it with + suggested."""
+    for override, says in [
+        ("dataset.limit=5", "error: dataset.limit is not a config key\n"),
+        ("+dataset.limit=5", "dataset.limit is not a setting fmnist-train reads: drop it; dataset has augment, "
+                             "channels, classes, download, image_size, mean, name, num_classes, root, std, "
+                             "val_fraction"),
+        ("+dataset.augment.hflp=true", "dataset.augment.hflp is not a setting fmnist-train reads (did you mean "
+                                       "dataset.augment.hflip?): drop it; dataset.augment has crop_padding, "
+                                       "erase, hflip, rotation"),
+        ("+batchsize=5", "batchsize is not a setting fmnist-train reads (did you mean batch_size?): drop it\n"),
+        ("+data.workers=2", "data.workers is not a setting fmnist-train reads: drop it; data has loader"),
+    ]:
+        proc = cli("fmnist-train", override, cwd=tmp_path, check=False)
+        assert says in one_line_error(proc) + "\n", (override, proc.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("tool", "args", "code"), [
     ("train", ["--help"], 0), ("train", ["--cfg", "job"], 0), ("train", ["batch_size=0"], 2),
     ("train", ["modle=cnn"], 2), ("eval", ["--help"], 0), ("predict", ["index=-1"], 2),

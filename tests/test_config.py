@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import compose, settings
+from omegaconf import OmegaConf
 
 from fmnist import runtime
-from fmnist.config import validate
+from fmnist.config import stored_train_config, validate
 from fmnist.errors import UserError
 from fmnist.runtime import resolve_device, resolve_precision
 from fmnist.train.setup import linear_step_macs, training_precision
@@ -198,6 +199,16 @@ def test_a_one_cycle_schedule_lasts_the_run():
     validate(compose("scheduler=onecycle", "epochs=3", "scheduler.epochs=5"))  # ending partway through the cycle
     with pytest.raises(UserError, match=r"epochs=3 runs past the end of the one-cycle schedule \(scheduler.epochs=2\)"):
         validate(compose("scheduler=onecycle", "epochs=3", "scheduler.epochs=2"))
+
+
+def test_a_stored_config_leaves_out_keys_no_one_reads_but_an_override_cannot_add_one():
+    stored = OmegaConf.to_container(compose("+dataset.limit=5", "+dataset.augment.bogus=1"))
+    cfg = stored_train_config(stored, {})
+    assert "limit" not in cfg.resolved["dataset"] and "bogus" not in cfg.resolved["dataset"]["augment"]
+    with pytest.raises(UserError, match="dataset.limit is not a setting fmnist-train reads"):
+        validate(compose("+dataset.limit=5"))
+    with pytest.raises(UserError, match=r"batchsize is not a setting fmnist-train reads \(did you mean batch_size"):
+        stored_train_config(stored, {"batchsize": 5})
 
 
 def test_cudagraph_rules():

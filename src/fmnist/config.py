@@ -9,6 +9,7 @@ points that reads an OmegaConf object, so everything below it takes plain, typed
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 import os
@@ -316,6 +317,7 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
         if not rule.ok(value):
             raise UserError(f"{rule.key}={value!r} is not valid: expected {rule.allowed}")
     if rules is TRAIN_RULES:
+        _check_fixed_keys(cfg)
         _check_train_combinations(cfg)
     elif rules is PREDICT_RULES and cfg.image is not None and cfg.index is not None:
         raise UserError("give either image=FILE or index=N, not both")
@@ -326,6 +328,34 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
         if unknown:
             raise UserError(f"{unknown[0]} cannot be changed at eval time (only "
                             f"{', '.join(f'dataset.{k}' for k in INSPECT_DATASET_KEYS)})")
+
+
+# Nodes whose keys fmnist reads one by one, all of them named in TRAIN_RULES: a key added there is read by
+# nothing. (model, optimizer, scheduler and loss pass their keys on to the class they name.)
+FIXED_NODES = ("", "dataset", "dataset.augment", "data")
+
+
+def fixed_keys(node: str) -> list[str]:
+    """The keys fmnist-train reads in `node`, one of FIXED_NODES ("" is the top level)."""
+    prefix = f"{node}." if node else ""
+    return sorted({rule.key[len(prefix):].split(".")[0] for rule in TRAIN_RULES if rule.key.startswith(prefix)})
+
+
+def _check_fixed_keys(cfg: DictConfig) -> None:
+    """A key no one reads (+dataset.limit=5, +batchsize=5, a checkpoint's stray dataset.augment key) is refused
+    rather than ignored, or left to fail as an unexpected argument."""
+    for node in FIXED_NODES:
+        value = OmegaConf.select(cfg, node) if node else cfg
+        if not isinstance(value, DictConfig):
+            continue
+        known = fixed_keys(node)
+        for key in value:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                name = f"{node}.{key}" if node else str(key)
+                hint = f" (did you mean {name.removesuffix(str(key))}{close[0]}?)" if close else ""
+                listed = f"; {node} has {', '.join(known)}" if node else ""
+                raise UserError(f"{name} is not a setting fmnist-train reads{hint}: drop it{listed}")
 
 
 def _check_train_combinations(cfg: DictConfig) -> None:
@@ -508,9 +538,15 @@ def stored_train_config(stored: dict[str, Any], overrides: dict[str, Any]) -> Tr
     """A config kept in a checkpoint (already allowlisted), with `overrides` (dotted key -> value) applied.
 
     A None override keeps the stored value, except for dataset.root: the data directory is always the
-    caller's (None: the default one), never the file's.
+    caller's (None: the default one), never the file's. Keys that no one reads are left out, as training
+    left them (an override that adds one is refused).
     """
     cfg = OmegaConf.create(stored)
+    for node in FIXED_NODES:  # a key its run was given and never read (+dataset.limit=5, before such were refused)
+        value = OmegaConf.select(cfg, node) if node else cfg
+        if isinstance(value, DictConfig):
+            for key in [k for k in value if k not in fixed_keys(node)]:
+                del value[key]
     for key, value in overrides.items():
         if value is not None or key == "dataset.root":  # a dict (logger) replaces the stored one whole
             OmegaConf.update(cfg, key, value, merge=not isinstance(value, dict), force_add=True)

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from fmnist.config import CONFIG_DIR, option_files
+from fmnist.config import CONFIG_DIR, FIXED_NODES, option_files
 
 
 def sampled_sweep_error(overrides: list[str]) -> str | None:
@@ -61,6 +61,8 @@ def composition_error(exc: ConfigCompositionException, prog: str, config_name: s
             return (f"{key} is not a setting of {which} (only of other {group} options): drop it, "
                     f"or choose an option that has it")
         hint = _closest(key, _chosen_keys(config_name, overrides))
+        if config_name == "train" and key.rpartition(".")[0] in FIXED_NODES:  # a key added there is refused too
+            return f"{key} is not a config key{hint}"
         return f"{key} is not a config key{hint}; to add a new key on purpose, write +{key}=VALUE"
     return " ".join(text.split())
 
