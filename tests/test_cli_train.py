@@ -129,7 +129,7 @@ def test_a_mistyped_key_is_matched_among_the_keys_of_the_options_chosen(tmp_path
 
 
 def test_a_key_added_where_fmnist_reads_key_by_key_is_refused(tmp_path: Path):
-    """The top level, dataset, its augment and data are read key by key: a key added there would be ignored
+    """dataset, its augment and data are read key by key: a key added there would be ignored
     (+dataset.limit=5 trained on every image) or fail as an unexpected argument (+dataset.augment.hflp=true
     was a traceback). Refused in one line before a run directory exists; nor is adding it with + suggested."""
     for override, says in [
@@ -140,7 +140,6 @@ def test_a_key_added_where_fmnist_reads_key_by_key_is_refused(tmp_path: Path):
         ("+dataset.augment.hflp=true", "dataset.augment.hflp is not a setting fmnist-train reads (did you mean "
                                        "dataset.augment.hflip?): drop it; dataset.augment has crop_padding, "
                                        "erase, hflip, rotation"),
-        ("+batchsize=5", "batchsize is not a setting fmnist-train reads (did you mean batch_size?): drop it\n"),
         ("+data.workers=2", "data.workers is not a setting fmnist-train reads: drop it; data has loader"),
     ]:
         proc = cli("fmnist-train", override, cwd=tmp_path, check=False)

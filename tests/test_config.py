@@ -207,8 +207,9 @@ def test_a_stored_config_leaves_out_keys_no_one_reads_but_an_override_cannot_add
     assert "limit" not in cfg.resolved["dataset"] and "bogus" not in cfg.resolved["dataset"]["augment"]
     with pytest.raises(UserError, match="dataset.limit is not a setting fmnist-train reads"):
         validate(compose("+dataset.limit=5"))
-    with pytest.raises(UserError, match=r"batchsize is not a setting fmnist-train reads \(did you mean batch_size"):
-        stored_train_config(stored, {"batchsize": 5})
+    with pytest.raises(UserError, match=r"data.loadr is not a setting fmnist-train reads \(did you mean data.loader"):
+        stored_train_config(stored, {"data.loadr": "tensor"})
+    validate(compose("+note=baseline"))  # a key of the user's own at the top level: the run's record
 
 
 def test_cudagraph_rules():

@@ -331,31 +331,30 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
 
 
 # Nodes whose keys fmnist reads one by one, all of them named in TRAIN_RULES: a key added there is read by
-# nothing. (model, optimizer, scheduler and loss pass their keys on to the class they name.)
-FIXED_NODES = ("", "dataset", "dataset.augment", "data")
+# nothing. (model, optimizer, scheduler and loss pass their keys on to the class they name; a key added at the
+# top level, +note=baseline, is the user's own record of the run, kept in its config and shown on its page.)
+FIXED_NODES = ("dataset", "dataset.augment", "data")
 
 
 def fixed_keys(node: str) -> list[str]:
-    """The keys fmnist-train reads in `node`, one of FIXED_NODES ("" is the top level)."""
-    prefix = f"{node}." if node else ""
-    return sorted({rule.key[len(prefix):].split(".")[0] for rule in TRAIN_RULES if rule.key.startswith(prefix)})
+    """The keys fmnist-train reads in `node`, one of FIXED_NODES."""
+    return sorted({rule.key[len(node) + 1:].split(".")[0] for rule in TRAIN_RULES if rule.key.startswith(f"{node}.")})
 
 
 def _check_fixed_keys(cfg: DictConfig) -> None:
-    """A key no one reads (+dataset.limit=5, +batchsize=5, a checkpoint's stray dataset.augment key) is refused
-    rather than ignored, or left to fail as an unexpected argument."""
+    """A key no one reads (+dataset.limit=5, a checkpoint's stray dataset.augment key) is refused rather than
+    ignored, or left to fail as an unexpected argument."""
     for node in FIXED_NODES:
-        value = OmegaConf.select(cfg, node) if node else cfg
+        value = OmegaConf.select(cfg, node)
         if not isinstance(value, DictConfig):
             continue
         known = fixed_keys(node)
         for key in value:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-                name = f"{node}.{key}" if node else str(key)
-                hint = f" (did you mean {name.removesuffix(str(key))}{close[0]}?)" if close else ""
-                listed = f"; {node} has {', '.join(known)}" if node else ""
-                raise UserError(f"{name} is not a setting fmnist-train reads{hint}: drop it{listed}")
+                hint = f" (did you mean {node}.{close[0]}?)" if close else ""
+                raise UserError(f"{node}.{key} is not a setting fmnist-train reads{hint}: drop it; {node} has "
+                                f"{', '.join(known)}")
 
 
 def _check_train_combinations(cfg: DictConfig) -> None:
@@ -543,7 +542,7 @@ def stored_train_config(stored: dict[str, Any], overrides: dict[str, Any]) -> Tr
     """
     cfg = OmegaConf.create(stored)
     for node in FIXED_NODES:  # a key its run was given and never read (+dataset.limit=5, before such were refused)
-        value = OmegaConf.select(cfg, node) if node else cfg
+        value = OmegaConf.select(cfg, node)
         if isinstance(value, DictConfig):
             for key in [k for k in value if k not in fixed_keys(node)]:
                 del value[key]
