@@ -174,16 +174,19 @@ def test_resume_alone_continues_the_run_as_it_was(tmp_path: Path):
 
 def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path: Path):
     """A one-cycle schedule cannot be stepped past its end: resuming for more epochs is refused before anything
-    runs, and the completed run keeps its files and its status (it did not fail)."""
+    runs, and the completed run keeps its files, its log and its status (it did not fail)."""
     cli("fmnist-train", *RECIPE[:2], "epochs=1", "scheduler=onecycle", "progress=false", "hydra.run.dir=run",
         cwd=tmp_path)
-    names = ("best.pt", "last.pt", "metrics.json", "report.html")
+    names = ("best.pt", "last.pt", "metrics.json", "report.html", "train.log", ".hydra/overrides.yaml")
     before = {name: (tmp_path / "run" / name).read_bytes() for name in names}
-    proc = cli("fmnist-train", f"resume={tmp_path / 'run'}", "epochs=2", "progress=false", cwd=tmp_path,
-               check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "epochs=2 runs past the end of the one-cycle schedule (scheduler.epochs=1)" in proc.stderr
-    assert {name: (tmp_path / "run" / name).read_bytes() for name in names} == before
+    for args, says in [(("epochs=2",), "epochs=2 runs past the end of the one-cycle schedule (scheduler.epochs=1)"),
+                       (("model=cnn",), "model cannot change in a resumed run"),
+                       (("hydra.run.dir=run", "resume=auto", "optimizer.lr=0.5"), "optimizer.lr cannot change")]:
+        resume = () if "resume=auto" in args else (f"resume={tmp_path / 'run'}",)
+        proc = cli("fmnist-train", *resume, *args, "progress=false", cwd=tmp_path, check=False)
+        assert says in one_line_error(proc)
+        assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout.strip(), (proc.stdout, proc.stderr)
+        assert {name: (tmp_path / "run" / name).read_bytes() for name in names} == before, args
     proc = cli("fmnist-train", f"resume={tmp_path / 'run'}", "device=mps", "progress=false", cwd=tmp_path,
                check=False)  # refused later, where the run's device is chosen (no MPS on Linux)
     assert proc.returncode == 2 and "device=mps was asked for" in proc.stderr, proc.stderr

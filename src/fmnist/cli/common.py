@@ -146,15 +146,15 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
 def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
               before_run: Callable[[], None] | None = None,
               sleeping_threads: Callable[[list[str]], bool] = lambda overrides: True,
-              place: Callable[[Any, str | None], list[str]] | None = None,
+              place: Callable[[Any, list[str]], list[str]] | None = None,
               ) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
     """Decorator: the console-script `main()` of a Hydra task function, with Hydra's errors in one line and
     a single run's config checked by `check` (config.py's validation) before the run starts; `before_run`
     then runs before Hydra resolves the run directory (fmnist-train joins a distributed run's ranks there).
     `sleeping_threads(overrides)`: whether OpenMP's threads should sleep instead of spin while they wait.
-    `place(settings, run_dir)`: given what `check` returned and the `hydra.run.dir` the command typed (None
-    where it typed none), refuse the directory (UserError) or return overrides that tell Hydra where to write
-    its log and `.hydra/`, before Hydra writes either."""
+    `place(settings, overrides)`: given what `check` returned and the command line's overrides, refuse the
+    run (UserError) or return overrides that tell Hydra where to write its log and `.hydra/`, before Hydra
+    writes either."""
 
     def wrap(task: Callable[[Any], Any]) -> Callable[[], None]:
         app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
@@ -186,7 +186,7 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                 checked = _check_single_run(prog, config_name, check, args)
                 if place is not None and checked is not None:
                     try:
-                        _ADDED[:] = place(checked[0], _typed_run_dir(args.overrides))
+                        _ADDED[:] = place(checked[0], args.overrides)
                     except UserError as exc:
                         fail(prog, str(exc))
                     sys.argv += _ADDED
@@ -297,7 +297,7 @@ def typed_args() -> list[str]:
     return sys.argv[1:len(sys.argv) - len(_ADDED)]
 
 
-def _typed_run_dir(overrides: list[str]) -> str | None:
+def typed_run_dir(overrides: list[str]) -> str | None:
     """The `hydra.run.dir` the command line sets (the last one wins, as in Hydra), None if it sets none."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -28,8 +28,9 @@ from fmnist.cli.common import (
     hydra_app,
     report_user_errors,
     typed_args,
+    typed_run_dir,
 )
-from fmnist.cli.overrides import override_parts
+from fmnist.cli.overrides import app_groups, override_parts
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import find_data
 from fmnist.errors import UserError
@@ -64,16 +65,17 @@ def checked_before_run(cfg: DictConfig) -> TrainConfig:
     return settings
 
 
-def placed(settings: TrainConfig, typed_dir: str | None) -> list[str]:
+def placed(settings: TrainConfig, overrides: list[str]) -> list[str]:
     """Where Hydra is to write a single run's log and `.hydra/`: decided before Hydra writes them, into a
     directory that may hold another run.
 
     A directory that another process trains in, or that holds a run this one was not asked to resume, is
-    refused here: by the time the run itself refused it, Hydra had appended to that run's train.log and
-    replaced its `.hydra/` record with this command's. A resumed run goes on in its checkpoint's directory:
-    `resume=RUN` puts Hydra there too (its log went to a new directory under outputs/, apart from the run's),
-    and `.hydra/` keeps the config the run was begun with, where Hydra would write the resume command's (whose
-    defaults, say model=cnn, are not what the run trains)."""
+    refused here, as is a resume its checkpoint refuses (`_check_resume`): by the time the run itself refused
+    either, Hydra had appended to that run's train.log and replaced its `.hydra/` record with this command's.
+    A resumed run goes on in its checkpoint's directory: `resume=RUN` puts Hydra there too (its log went to a
+    new directory under outputs/, apart from the run's), and `.hydra/` keeps the config the run was begun with,
+    where Hydra would write the resume command's (whose defaults, say model=cnn, are not what the run trains)."""
+    typed_dir = typed_run_dir(overrides)
     if typed_dir is not None and "${" in typed_dir:  # resolved only by Hydra: the run checks it when it claims it
         return []
     if settings.resume not in (None, "auto"):
@@ -86,15 +88,32 @@ def placed(settings: TrainConfig, typed_dir: str | None) -> list[str]:
                             f"from it there")
     elif typed_dir is not None:
         run_dir = Path(typed_dir)
+        source = run_dir / LAST  # what resume=auto continues, if it is there
     else:
         return []  # a new directory of Hydra's naming
-    resuming = settings.resume is not None and (settings.resume != "auto" or (run_dir / LAST).is_file())
+    resuming = settings.resume is not None and (settings.resume != "auto" or source.is_file())
     if run_dir.is_dir():
         RunDir(run_dir).check_free(resuming=settings.resume is not None)
     if not resuming:
         return []
+    _check_resume(source, settings, overrides)
     here = [] if typed_dir is not None or "${" in str(run_dir) else [quoted_override("hydra.run.dir", str(run_dir))]
     return [*here, "hydra.output_subdir=null"]
+
+
+def _check_resume(source: Path, settings: TrainConfig, overrides: list[str]) -> None:
+    """What the run checks once it has read its checkpoint (a setting the resume cannot change, a checkpoint
+    behind the run's last.pt, a class not trusted), checked here too: refused, the command prints one line and
+    the run's files stay as they were. The run checks again under its directory's lock."""
+    from fmnist.artifacts.checkpoint import load_checkpoint  # torch, which the run imports next anyway
+    from fmnist.train.state import check_not_behind, resumed_config
+
+    parts = [override_parts(o) for o in overrides]
+    groups = app_groups("train")
+    ckpt = load_checkpoint(source)
+    check_not_behind(ckpt, source, source.parent / LAST)
+    check_world(resumed_config(ckpt, source, settings, frozenset(key for key, _ in parts),
+                               {key: value for key, value in parts if key in groups}), current_world())
 
 
 def join_world() -> None:
