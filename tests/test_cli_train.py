@@ -112,6 +112,26 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.pt"))
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (("-m", "model=mlp,cnn", "hydra.launcher.n_jobs=0", "hydra.sweep.dir=sweep"),
+     "hydra.launcher.n_jobs=0 is not valid: expected the number of jobs at once (1 or more; -1: one per core"),
+    (("-m", "model=mlp", "hydra.launcher.n_jobs=abc", "hydra.sweep.dir=sweep"),
+     "hydra.launcher.n_jobs=abc is not valid: Value 'abc' of type 'str' could not be converted to Integer"),
+    (("+experiment=fashion_speedrun",),
+     "+experiment=fashion_speedrun: experiment is chosen in the defaults already; write experiment=fashion_speedrun "
+     "(without +)"),
+    (("+model=cnn",), "+model=cnn: model is chosen in the defaults already; write model=cnn (without +)"),
+    (("logger=[csv,wandb]",), "logger=wandb is not an option: choose one of csv, mlflow, tensorboard"),
+])
+def test_hydra_errors_about_groups_and_the_launcher_say_what_to_write(tmp_path: Path, args: tuple[str, ...],
+                                                                      says: str):
+    """Hydra's words for these were its internals ('Multiple values for experiment. To override a value use
+    override experiment: ...', 'Could not load logger/wandb', 'Error merging override'), and n_jobs=0 was
+    joblib's traceback after the sweep's folder existed."""
+    assert says in one_line_error(cli("fmnist-train", *args, cwd=tmp_path, check=False))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("overrides", "hint"), [
     (("scheduler=cosine", "scheduler.T_mx=3"), " (did you mean scheduler.T_max?)"),
     (("scheduler=onecycle", "scheduler.T_mx=3"), ""),  # T_max is cosine's, not the chosen schedule's

@@ -44,6 +44,7 @@ from fmnist.cli.callbacks import discard_rejected_sweep
 from fmnist.cli.overrides import (
     app_groups,
     composition_error,
+    launcher_error,
     missing_option_error,
     other_apps_groups,
     override_parts,
@@ -190,6 +191,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                     except UserError as exc:
                         fail(prog, str(exc))
                     sys.argv += _ADDED
+                if args.multirun and (error := launcher_error(args.overrides)):
+                    fail(prog, error)
                 if before_run is not None:
                     before_run()
                 app()

@@ -32,12 +32,22 @@ def sampled_sweep_error(overrides: list[str]) -> str | None:
     return None
 
 
+def launcher_error(overrides: list[str]) -> str | None:
+    """What the joblib launcher would raise as a traceback once the sweep's folder exists: n_jobs=0."""
+    for key, value in map(override_parts, overrides):
+        if key == "hydra.launcher.n_jobs" and value.strip() in ("0", "+0", "-0"):
+            return (f"hydra.launcher.n_jobs={value} is not valid: expected the number of jobs at once (1 or more; "
+                    f"-1: one per core, -2: all but one)")
+    return None
+
+
 def missing_option_error(exc: MissingConfigException) -> str:
-    """model=resnet -> 'model=resnet is not an option: choose one of ... (did you mean ...?)'."""
-    found = re.search(r"Could not find '([^']+)'", str(exc))
+    """model=resnet -> 'model=resnet is not an option: choose one of ... (did you mean ...?)'; logger=[csv,wandb]
+    (an option in a list, which Hydra words as 'Could not load') alike."""
+    found = re.search(r"Could not (?:find|load) '([^']+)'", str(exc))
     wanted = found.group(1) if found else (exc.missing_cfg_file or "?")
     group, _, option = wanted.rpartition("/")
-    options = sorted(exc.options or [])
+    options = sorted(exc.options or (p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")) if group else [])
     if not options or not group:
         return str(exc).splitlines()[0]
     return f"{group}={option} is not an option: choose one of {', '.join(options)}{_closest(option, options)}"
@@ -64,6 +74,16 @@ def composition_error(exc: ConfigCompositionException, prog: str, config_name: s
         if config_name == "train" and key.rpartition(".")[0] in FIXED_NODES:  # a key added there is refused too
             return f"{key} is not a config key{hint}"
         return f"{key} is not a config key{hint}; to add a new key on purpose, write +{key}=VALUE"
+    chosen = re.search(r"Multiple values for (\S+)\.", text) or re.search(r"(\S+) appears more than once in the "
+                                                                         r"final defaults list", text)
+    if chosen:  # +model=cnn, +experiment=fashion_best: the group has its place in the defaults list already
+        group = chosen.group(1)
+        value = next((v for o in overrides if o.startswith("+") and override_parts(o)[0] == group
+                      for v in [override_parts(o)[1]]), "OPTION")
+        return f"+{group}={value}: {group} is chosen in the defaults already; write {group}={value} (without +)"
+    merging = re.match(r"Error merging override (\S+)", text)
+    if merging and exc.__cause__ is not None:  # a value of the wrong type for a typed key of Hydra's own
+        return f"{merging.group(1)} is not valid: {str(exc.__cause__).splitlines()[0]}"
     return " ".join(text.split())
 
 
