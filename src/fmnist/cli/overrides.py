@@ -78,8 +78,8 @@ def composition_error(exc: ConfigCompositionException, prog: str, config_name: s
                                                                          r"final defaults list", text)
     if chosen:  # +model=cnn, +experiment=fashion_best: the group has its place in the defaults list already
         group = chosen.group(1)
-        value = next((v for o in overrides if o.startswith("+") and override_parts(o)[0] == group
-                      for v in [override_parts(o)[1]]), "OPTION")
+        value = next((override_parts(o)[1] for o in overrides if o.startswith("+") and override_parts(o)[0] == group),
+                     "OPTION")
         return f"+{group}={value}: {group} is chosen in the defaults already; write {group}={value} (without +)"
     merging = re.match(r"Error merging override (\S+)", text)
     if merging and exc.__cause__ is not None:  # a value of the wrong type for a typed key of Hydra's own
