@@ -173,6 +173,7 @@ def test_a_key_added_where_fmnist_reads_key_by_key_is_refused(tmp_path: Path):
     ("eval", ["ckpt=missing.pt"], 2), ("predict", ["image=missing.png"], 2), ("eval", [], 2),
     ("eval", ["ckpt='~nobody_fmnist/best.pt'"], 2), ("train", ["dataset.root=nowhere", "dataset.download=false"], 2),
     ("train", ["--multirun", "model=mlp,resnet"], 2), ("train", ["-m", "model=mlp,cnn", "modle=3"], 2),
+    ("train", ["-m", "model=mlp,cnn", "batch_size=0"], 2),
     ("train", ["experiment=fashion_speedrun", "model=cnn"], 2), ("train", ["resume=nowhere"], 2),
 ])
 def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_path: Path, tool: str,

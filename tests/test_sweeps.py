@@ -88,6 +88,23 @@ def test_a_combination_that_does_not_compose_is_refused_before_any_job_runs(tmp_
     assert not list(tmp_path.glob("sweep/*/best.pt"))
 
 
+@pytest.mark.parametrize(("tool", "args", "says"), [
+    ("fmnist-train", ("model=mlp,cnn", "batch_size=0"),
+     "batch_size=0 is not valid: expected an integer in [1, 2^31) (in the sweep's job model=mlp)"),
+    ("fmnist-train", ("optimizer.lr=1e-3,-1", "model=mlp,cnn"),
+     "optimizer.lr=-1 is not valid: expected a number > 0 (in the sweep's job optimizer.lr=-1 model=mlp)"),
+    ("fmnist-train", ("scheduler=none,cosine", "compile=cudagraph,none"),
+     "compile=cudagraph replays a fixed learning rate"),  # a combination, in a job of the grid
+    ("fmnist-predict", ("ckpt=missing.pt", "index=0,-1"), "index=-1 is not valid"),
+])
+def test_a_value_that_a_job_cannot_run_with_is_refused_before_the_sweep_starts(tmp_path: Path, tool: str,
+                                                                              args: tuple[str, ...], says: str):
+    """Each job used to refuse it as it started, after the sweep's folder and the jobs before it."""
+    proc = cli(tool, "--multirun", *args, "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
+    assert says in one_line_error(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     """Also: a sampler's long floats are shown to four digits where the summary is read, kept exact in the CSV."""
     proc = cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=0.0005611516415334506,1e-2", "dataset=mnist",

@@ -145,12 +145,14 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
 
 
 def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
+              check_job: Callable[[DictConfig], Any] | None = None,
               before_run: Callable[[], None] | None = None,
               sleeping_threads: Callable[[list[str]], bool] = lambda overrides: True,
               place: Callable[[Any, list[str]], list[str]] | None = None,
               ) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
     """Decorator: the console-script `main()` of a Hydra task function, with Hydra's errors in one line and
-    a single run's config checked by `check` (config.py's validation) before the run starts; `before_run`
+    a single run's config checked by `check` (config.py's validation) before the run starts, and a sweep's
+    jobs' configs by `check_job` (the validation alone: no data or device is looked for) before it starts; `before_run`
     then runs before Hydra resolves the run directory (fmnist-train joins a distributed run's ranks there).
     `sleeping_threads(overrides)`: whether OpenMP's threads should sleep instead of spin while they wait.
     `place(settings, overrides)`: given what `check` returned and the command line's overrides, refuse the
@@ -185,6 +187,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                     print(_own_completions(_captured_stdout(app), config_name))
                     return
                 checked = _check_single_run(prog, config_name, check, args)
+                if check_job is not None:
+                    _check_sweep(prog, config_name, check_job, args)
                 if place is not None and checked is not None:
                     try:
                         _ADDED[:] = place(checked[0], args.overrides)
@@ -269,27 +273,67 @@ def _own_completions(words: str, config_name: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def _search_path(args: Any) -> list[str] | None:
+    """The override that adds `--config-dir`'s options, searched after fmnist's as Hydra does ([] without one);
+    None where composing here is left to Hydra (its own words for a missing folder; a search path of both kinds
+    is Hydra's to merge), or where the command composes another config (--config-path, --config-name, a rerun)."""
+    if args.config_path or args.config_name or args.experimental_rerun:
+        return None
+    if not args.config_dir:
+        return []
+    if not Path(args.config_dir).is_dir() or any(o.startswith("hydra.searchpath") for o in args.overrides):
+        return None
+    return [f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]"]
+
+
 def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig], Any], args: Any
                       ) -> tuple[Any] | None:
     """Compose and validate the config of a plain run the way Hydra will, so that a rejected one is one line
     and leaves nothing behind (Hydra creates the run directory before the task sees the config). Returns what
-    `check` returned, or None where nothing was checked: sweeps, --cfg and the like go to Hydra as they are (a
-    sweep records each job's failure in its folder). (--help never gets here: main() answers it, or Hydra does
-    for another config.)"""
-    if args.multirun or args.hydra_help or args.cfg or args.info or args.shell_completion or \
-            args.config_path or args.config_name or args.experimental_rerun:
+    `check` returned, or None where nothing was checked: sweeps (_check_sweep), --cfg and the like go to Hydra
+    as they are. (--help never gets here: main() answers it, or Hydra does for another config.)"""
+    search = _search_path(args)
+    if args.multirun or args.hydra_help or args.cfg or args.info or args.shell_completion or search is None:
         return None
-    overrides = list(args.overrides)
-    if args.config_dir:  # options of the user's own, searched after fmnist's as Hydra's --config-dir does
-        if not Path(args.config_dir).is_dir() or any(o.startswith("hydra.searchpath") for o in overrides):
-            return None  # Hydra's own words for a missing folder; a search path of both kinds is Hydra's to merge
-        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = hydra.compose(config_name=config_name, overrides=overrides)
+        cfg = hydra.compose(config_name=config_name, overrides=[*args.overrides, *search])
     try:
         return (check(cfg),)
     except UserError as exc:
         fail(prog, str(exc))
+
+
+def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], Any], args: Any) -> None:
+    """A --multirun's jobs, checked as a single run's config is before the sweep starts: a value no job can run
+    with (batch_size=0, optimizer.lr=1e-3,-1) would otherwise fail each job it is in as that job starts, after the
+    sweep's folder and the other jobs. Each value of each swept key is checked once, in a job of the sweep (the
+    first job, with that value in it): as many composes as values, not as jobs. A combination that only some
+    jobs refuse is still each job's own failure. Sweeps that Optuna samples are left to their trials."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    search = _search_path(args)
+    if not args.multirun or args.hydra_help or args.cfg or args.info or args.shell_completion or search is None:
+        return
+    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    if any(o.get_key_element().lstrip("+~") in ("hparams_search", "hydra/sweeper") or
+           (o.is_sweep_override() and not o.is_discrete_sweep()) for o in parsed):
+        return
+    values = [BasicSweeper.split_arguments([o], None)[0] for o in parsed]  # per override: [["k=a"], ["k=b"], ...]
+    first = [job[0][0] for job in values]
+    jobs = [first] + [[*first[:i], value[0], *first[i + 1:]] for i, job in enumerate(values) for value in job[1:]]
+    swept = [i for i, job in enumerate(values) if len(job) > 1]
+    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for job in jobs:
+            try:
+                cfg = hydra.compose(config_name=config_name, overrides=[*job, *search])
+            except HydraException:
+                return  # Hydra words it as it composes the jobs itself
+            try:
+                check_job(cfg)
+            except UserError as exc:
+                where = f" (in the sweep's job {' '.join(job[i] for i in swept)})" if swept else ""
+                fail(prog, f"{exc}{where}")
 
 
 _ADDED: list[str] = []  # overrides that `place` appended to the command line

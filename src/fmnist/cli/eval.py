@@ -8,7 +8,7 @@ from fmnist.cli.common import check_inputs, hydra_app, report_user_errors
 from fmnist.config import eval_config
 
 
-@hydra_app("fmnist-eval", "eval", check=lambda cfg: check_inputs(eval_config(cfg)))
+@hydra_app("fmnist-eval", "eval", check=lambda cfg: check_inputs(eval_config(cfg)), check_job=eval_config)
 def main(cfg: DictConfig) -> float:
     """Returns the accuracy, so `--multirun` over checkpoints or splits can compare them."""
     from fmnist.inference.evaluation import run_eval  # torch: only once there is work to do

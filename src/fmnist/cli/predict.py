@@ -12,7 +12,7 @@ from fmnist.cli.common import check_inputs, hydra_app, report_user_errors
 from fmnist.config import predict_config
 
 
-@hydra_app("fmnist-predict", "predict", check=lambda cfg: check_inputs(predict_config(cfg)))
+@hydra_app("fmnist-predict", "predict", check=lambda cfg: check_inputs(predict_config(cfg)), check_job=predict_config)
 def main(cfg: DictConfig) -> str:
     """Returns the predicted class name."""
     from fmnist.inference.prediction import run_predict  # torch: only once there is work to do

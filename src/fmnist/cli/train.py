@@ -142,8 +142,8 @@ def sleeping_threads(overrides: list[str]) -> bool:
     return bool(values) and values[-1] != "auto"
 
 
-@hydra_app("fmnist-train", "train", check=checked_before_run, before_run=join_world, sleeping_threads=sleeping_threads,
-           place=placed)
+@hydra_app("fmnist-train", "train", check=checked_before_run, check_job=checked, before_run=join_world,
+           sleeping_threads=sleeping_threads, place=placed)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
     from fmnist.artifacts.sweep import (
