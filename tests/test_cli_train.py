@@ -122,12 +122,21 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
      "(without +)"),
     (("+model=cnn",), "+model=cnn: model is chosen in the defaults already; write model=cnn (without +)"),
     (("logger=[csv,wandb]",), "logger=wandb is not an option: choose one of csv, mlflow, tensorboard"),
+    (("scheduler=null",), "scheduler=null is not an option: choose one of cosine, none, onecycle, step"),  # traceback
+    (("experiment=null",), "or leave experiment out (it is off by default)"),
+    (("logger=null",), "logger=null is not an option: choose one of csv, mlflow, tensorboard, or a list, logger=[] "
+                       "for none"),
+    (("model=[mlp,cnn]",), "model=[mlp,cnn]: model takes one option (bn_cnn, bn_cnn_wide, cnn, feedforward, mlp, "
+                           "speednet); to train each, sweep them: --multirun model=mlp,cnn"),  # merged both
+    (("~model",), "~model: model cannot be left out: choose one of bn_cnn"),  # a traceback
+    (("~logger",), "~logger: to train without any logger, write logger=[]"),
 ])
 def test_hydra_errors_about_groups_and_the_launcher_say_what_to_write(tmp_path: Path, args: tuple[str, ...],
                                                                       says: str):
     """Hydra's words for these were its internals ('Multiple values for experiment. To override a value use
-    override experiment: ...', 'Could not load logger/wandb', 'Error merging override'), and n_jobs=0 was
-    joblib's traceback after the sweep's folder existed."""
+    override experiment: ...', 'Could not load logger/wandb', 'Error merging override', 'Could not delete'),
+    group=null and ~model were tracebacks, and n_jobs=0 was joblib's traceback after the sweep's folder
+    existed."""
     assert says in one_line_error(cli("fmnist-train", *args, cwd=tmp_path, check=False))
     assert list(tmp_path.iterdir()) == []
 

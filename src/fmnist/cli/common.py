@@ -44,6 +44,7 @@ from fmnist.cli.callbacks import discard_rejected_sweep
 from fmnist.cli.overrides import (
     app_groups,
     composition_error,
+    group_value_error,
     launcher_error,
     missing_option_error,
     other_apps_groups,
@@ -186,6 +187,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                 if args.shell_completion and any(o.startswith("query=") for o in args.overrides):
                     print(_own_completions(_captured_stdout(app), config_name))
                     return
+                if error := group_value_error(config_name, args.overrides):
+                    fail(prog, error)
                 checked = _check_single_run(prog, config_name, check, args)
                 if check_job is not None:
                     _check_sweep(prog, config_name, check_job, args)

@@ -41,6 +41,32 @@ def launcher_error(overrides: list[str]) -> str | None:
     return None
 
 
+def group_value_error(config_name: str, overrides: list[str]) -> str | None:
+    """A config group given null (Hydra's traceback: 'Config group override must be a string or a list'), a
+    list where the group takes one option (model=[mlp,cnn] merged both models into one config), or a group
+    that every run needs deleted (~model: a traceback)."""
+    for override in overrides:
+        group, value = override_parts(override)
+        if group not in app_groups(config_name):
+            continue
+        value = value.strip()
+        default = _default_choices(config_name)[group]
+        options = ", ".join(sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")))
+        if override.startswith("~"):
+            if isinstance(default, list):
+                return f"{override}: to train without any {group}, write {group}=[]"
+            if default is not None:
+                return f"{override}: {group} cannot be left out: choose one of {options}"
+        elif value == "null":
+            off = f", or leave {group} out (it is off by default)" if default is None else ""
+            as_list = f", or a list, {group}=[] for none" if isinstance(default, list) else ""
+            return f"{group}=null is not an option: choose one of {options}{as_list}{off}"
+        if value.startswith("[") and not isinstance(default, list):
+            return (f"{group}={value}: {group} takes one option ({options}); to train each, sweep them: "
+                    f"--multirun {group}={value.strip('[]')}")
+    return None
+
+
 def missing_option_error(exc: MissingConfigException) -> str:
     """model=resnet -> 'model=resnet is not an option: choose one of ... (did you mean ...?)'; logger=[csv,wandb]
     (an option in a list, which Hydra words as 'Could not load') alike."""
