@@ -304,6 +304,10 @@ def test_unknown_options_and_keys_in_eval_and_predict_are_one_line_too(tmp_path:
         cli("fmnist-eval", "splt=val", cwd=tmp_path, check=False))
     assert "topkk is not a config key (did you mean topk?)" in one_line_error(
         cli("fmnist-predict", "topkk=3", cwd=tmp_path, check=False))
+    for tool, group in (("fmnist-eval", "dataset=null"), ("fmnist-predict", "model=null"), ("fmnist-eval", "~dataset")):
+        # the first two were Hydra's traceback, the third its 'Could not delete'
+        assert (f"{group.lstrip('~').split('=')[0]} is not a setting of {tool}: it comes from the checkpoint's "
+                f"training config") in one_line_error(cli(tool, group, cwd=tmp_path, check=False))
 
 
 def test_missing_dataset_offline_says_what_and_where(tmp_path: Path):

@@ -187,7 +187,7 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                 if args.shell_completion and any(o.startswith("query=") for o in args.overrides):
                     print(_own_completions(_captured_stdout(app), config_name))
                     return
-                if error := group_value_error(config_name, args.overrides):
+                if error := group_value_error(prog, config_name, args.overrides):
                     fail(prog, error)
                 checked = _check_single_run(prog, config_name, check, args)
                 if check_job is not None:

@@ -41,12 +41,15 @@ def launcher_error(overrides: list[str]) -> str | None:
     return None
 
 
-def group_value_error(config_name: str, overrides: list[str]) -> str | None:
+def group_value_error(prog: str, config_name: str, overrides: list[str]) -> str | None:
     """A config group given null (Hydra's traceback: 'Config group override must be a string or a list'), a
     list where the group takes one option (model=[mlp,cnn] merged both models into one config), or a group
-    that every run needs deleted (~model: a traceback)."""
+    that every run needs deleted (~model: a traceback). Another entry point's group (eval's dataset=null) is
+    worded as composition_error words it."""
     for override in overrides:
         group, value = override_parts(override)
+        if group in other_apps_groups(config_name):
+            return other_apps_key_error(group, prog)
         if group not in app_groups(config_name):
             continue
         value = value.strip()
@@ -65,6 +68,12 @@ def group_value_error(config_name: str, overrides: list[str]) -> str | None:
             return (f"{group}={value}: {group} takes one option ({options}); to train each, sweep them: "
                     f"--multirun {group}={value.strip('[]')}")
     return None
+
+
+def other_apps_key_error(key: str, prog: str) -> str:
+    """eval's model=cnn: a key of the training config, which eval and predict take from the checkpoint."""
+    return (f"{key} is not a setting of {prog}: it comes from the checkpoint's training config ({prog} --help "
+            f"lists the settings)")
 
 
 def missing_option_error(exc: MissingConfigException) -> str:
@@ -88,8 +97,7 @@ def composition_error(exc: ConfigCompositionException, prog: str, config_name: s
         key = found.group(1)
         group = key.split(".")[0]
         if group in other_apps_groups(config_name):  # eval's model=cnn
-            return (f"{key} is not a setting of {prog}: it comes from the checkpoint's training config "
-                    f"({prog} --help lists the settings)")
+            return other_apps_key_error(key, prog)
         if key in _known_keys(config_name):  # e.g. optimizer.nesterov with optimizer=rmsprop
             lacking = [o for o in _chosen_options(config_name, overrides).get(group, [])
                        if key not in _config_keys(config_name, _option_files({group: [o]}))]
