@@ -43,11 +43,13 @@ def launcher_error(overrides: list[str]) -> str | None:
 
 def group_value_error(prog: str, config_name: str, overrides: list[str]) -> str | None:
     """A config group given null (Hydra's traceback: 'Config group override must be a string or a list'), a
-    list where the group takes one option (model=[mlp,cnn] merged both models into one config), or a group
-    that every run needs deleted (~model: a traceback). Another entry point's group (eval's dataset=null) is
-    worded as composition_error words it."""
+    list where the group takes one option (model=[mlp,cnn] merged both models into one config), a group that
+    every run needs deleted (~model: a traceback), or no key at all (`=5`). Another entry point's group (eval's
+    dataset=null) is worded as composition_error words it."""
     for override in overrides:
         group, value = override_parts(override)
+        if not group:  # `=5`: Hydra takes it for a config group named '' (a traceback)
+            return f"{override}: an override needs a key, key=value"
         if group in other_apps_groups(config_name):
             return other_apps_key_error(group, prog)
         if group not in app_groups(config_name):
