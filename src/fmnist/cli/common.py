@@ -322,10 +322,10 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
     if any(o.get_key_element().lstrip("+~") in ("hparams_search", "hydra/sweeper") or
            (o.is_sweep_override() and not o.is_discrete_sweep()) for o in parsed):
         return
-    values = [BasicSweeper.split_arguments([o], None)[0] for o in parsed]  # per override: [["k=a"], ["k=b"], ...]
-    first = [job[0][0] for job in values]
-    jobs = [first] + [[*first[:i], value[0], *first[i + 1:]] for i, job in enumerate(values) for value in job[1:]]
-    swept = [i for i, job in enumerate(values) if len(job) > 1]
+    values = [[v for [v] in BasicSweeper.split_arguments([o], None)[0]] for o in parsed]  # per override: [k=a, k=b]
+    first = [each[0] for each in values]
+    jobs = [first] + [[*first[:i], value, *first[i + 1:]] for i, each in enumerate(values) for value in each[1:]]
+    swept = [i for i, each in enumerate(values) if len(each) > 1]
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for job in jobs:
             try:
