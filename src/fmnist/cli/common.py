@@ -44,6 +44,7 @@ from fmnist.cli.callbacks import discard_rejected_sweep
 from fmnist.cli.overrides import (
     app_groups,
     composition_error,
+    group_options,
     group_value_error,
     launcher_error,
     missing_option_error,
@@ -248,7 +249,7 @@ def _app_help(config_name: str, overrides: list[str], resolve: bool) -> str:
     template = cfg.hydra.help.template
     with open_dict(cfg):
         del cfg["hydra"]
-    groups = "".join(f"{name}: {', '.join(sorted(p.stem for p in (Path(CONFIG_DIR) / name).glob('*.yaml')))}\n"
+    groups = "".join(f"{name}: {', '.join(group_options(name))}\n"
                      for name in sorted(app_groups(config_name)))
     return string.Template(template).substitute(
         FLAGS_HELP=Hydra.format_args_help(get_args_parser()), HYDRA_CONFIG_GROUPS="", APP_CONFIG_GROUPS=groups,

@@ -20,6 +20,11 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from fmnist.config import CONFIG_DIR, FIXED_NODES, option_files
 
 
+def group_options(group: str) -> list[str]:
+    """The options conf/ has for a config group (its folder's files), sorted."""
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
 def sampled_sweep_error(overrides: list[str]) -> str | None:
     """What to say of an interval() that reached the basic sweeper, which names only the sweep's type."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -56,7 +61,7 @@ def group_value_error(prog: str, config_name: str, overrides: list[str]) -> str 
             continue
         value = value.strip()
         default = _default_choices(config_name)[group]
-        options = ", ".join(sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")))
+        options = ", ".join(group_options(group))
         if override.startswith("~"):
             if isinstance(default, list):
                 return f"{override}: to train without any {group}, write {group}=[]"
@@ -84,7 +89,7 @@ def missing_option_error(exc: MissingConfigException) -> str:
     found = re.search(r"Could not (?:find|load) '([^']+)'", str(exc))
     wanted = found.group(1) if found else (exc.missing_cfg_file or "?")
     group, _, option = wanted.rpartition("/")
-    options = sorted(exc.options or (p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")) if group else [])
+    options = sorted(exc.options or (group_options(group) if group else []))
     if not options or not group:
         return str(exc).splitlines()[0]
     return f"{group}={option} is not an option: choose one of {', '.join(options)}{_closest(option, options)}"
