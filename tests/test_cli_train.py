@@ -475,3 +475,16 @@ def test_a_final_test_with_flips_the_training_never_showed_says_so(tmp_path: Pat
                "tta=flip", "hydra.run.dir=r", cwd=tmp_path)
     assert ("tta=flip averages in mirror images, which a model trained with dataset.augment.hflip=false never saw"
             in proc.stdout + proc.stderr)
+
+
+def test_more_threads_than_cores_is_said(tmp_path: Path):
+    """threads=99 on 2 cores trained 40x slower than threads=2 here, with no word of why."""
+    from fmnist.config import usable_cores
+
+    cores = usable_cores()
+    proc = cli("fmnist-train", "model=mlp", *FAST, f"threads={cores + 1}", "hydra.run.dir=r", cwd=tmp_path)
+    said = (f"threads={cores + 1} x 1 process side by side is more threads than the {cores} usable cores: they take "
+            "turns on the cores")
+    assert said in proc.stdout + proc.stderr and said in (tmp_path / "r" / "train.log").read_text()
+    proc = cli("fmnist-train", "model=mlp", *FAST, f"threads={cores}", "hydra.run.dir=s", cwd=tmp_path)
+    assert "usable cores: they take turns" not in proc.stdout + proc.stderr

@@ -192,6 +192,10 @@ def main(cfg: DictConfig) -> float:
         log.info("cpu threads %d (threads=%s, %d usable cores, %d process%s side by side, OMP_WAIT_POLICY=%s%s)",
                  threads, settings.threads, usable_cores(), side_by_side, "es" if side_by_side > 1 else "",
                  os.environ.get("OMP_WAIT_POLICY", "default"), following)
+        if threads * side_by_side > usable_cores():  # only a fixed count can: auto divides the cores
+            log.warning("threads=%d x %d process%s side by side is more threads than the %d usable cores: they "
+                        "take turns on the cores and each step slows down (threads=auto fits them to the cores)",
+                        threads, side_by_side, "es" if side_by_side > 1 else "", usable_cores())
         if world.launched:
             log.info("distributed: %d processes, global batch %d = %d per process", world.size,
                      settings.batch_size, settings.batch_size // world.size)
