@@ -233,8 +233,9 @@ class Net(nn.Module):  # no log_probs argument, as fmnist's own classes have
 
 def test_a_model_class_of_ones_own_trains_and_a_wrong_one_is_refused_before_a_run_directory(tmp_path: Path):
     """`_target_: mypkg.Net` in a --config-dir option: a target that does not import, is no torch.nn.Module, has
-    nothing to train or does not take its keys is one line with no run directory (a class that was no module
-    ended in a traceback); a plain nn.Module of the user's own trains with cross_entropy."""
+    nothing to train or does not take its keys (by its signature or when called) is one line with no run
+    directory (a class that was no module ended in a traceback); a plain nn.Module of the user's own trains with
+    cross_entropy."""
     conf, work = tmp_path / "conf" / "model", tmp_path / "work"
     conf.mkdir(parents=True)
     work.mkdir()
@@ -245,9 +246,12 @@ def test_a_model_class_of_ones_own_trains_and_a_wrong_one_is_refused_before_a_ru
                "odict": ("collections.OrderedDict", "model: collections.OrderedDict is a class, but not a "
                                                     "torch.nn.Module"),
                "nothing": ("torch.nn.Identity", "model: torch.nn.Identity has no weights to train"),
-               "mistyped": ("torch.nn.Linear", "model: torch.nn.Linear does not take these settings (")}
+               "mistyped": ("torch.nn.Linear", "model: torch.nn.Linear does not take these settings ("),
+               "called": ("torchvision.models.resnet18",  # takes **kwargs: only a call finds them wrong
+                          "model: ResNet.__init__() got an unexpected keyword argument 'in_channels'")}
     for option, (target, _) in refused.items():
-        (conf / f"{option}.yaml").write_text(f"_target_: {target}\n" + (sizes if option == "mistyped" else ""))
+        (conf / f"{option}.yaml").write_text(f"_target_: {target}\n" +
+                                             (sizes if option in ("mistyped", "called") else ""))
     own = ("--config-dir", str(tmp_path / "conf"), "dataset=mnist", *FAST, "hydra.run.dir=r")
     for option, (_, said) in refused.items():
         line = one_line_error(cli("fmnist-train", *own, f"model={option}", cwd=work, check=False))

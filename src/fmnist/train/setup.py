@@ -92,8 +92,10 @@ def try_config(cfg: TrainConfig) -> None:
 def _check_model_class(cfg: TrainConfig) -> None:
     """A model `_target_` of the user's own (one conf/model/ does not ship), checked before the run directory
     exists: that it imports, is a torch.nn.Module where it is a class, takes the keys its config gives, and,
-    where it can be built on the meta device, makes a module with weights to train. A class that cannot be
-    built there (it needs the real device, or real numbers, to initialise) is left to the run's own build."""
+    and makes a module with weights to train: built on the meta device (no memory), or once for real on the CPU
+    where it cannot be built there (it reads real numbers as it initialises, or fails whatever the device: a
+    function taking **kwargs such as torchvision's resnet18 passes the signature check and fails only when
+    called)."""
     target = str(cfg.model.get("_target_"))
     hydra_log = logging.getLogger("hydra.utils")  # which logs the error it raises, in three lines
     hydra_log.disabled = True
@@ -118,8 +120,8 @@ def _check_model_class(cfg: TrainConfig) -> None:
     try:
         with torch.device("meta"):
             model = instantiate(cfg.model, **_model_kwargs(cfg))
-    except Exception:  # see above: the run's build says what is wrong, if anything is
-        return
+    except Exception:  # see above
+        model = _make("model", cfg.model, **_model_kwargs(cfg))
     _trainable(model, target)
 
 
