@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,9 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
 @pytest.mark.parametrize(("args", "says"), [
     (("-m", "model=mlp,cnn", "hydra.launcher.n_jobs=0", "hydra.sweep.dir=sweep"),
      "hydra.launcher.n_jobs=0 is not valid: expected the number of jobs at once (1 or more; -1: one per core"),
+    pytest.param(("-m", "hydra/launcher=slurm", "model=mlp", "hydra.sweep.dir=sweep"),
+                 "hydra/launcher=slurm submits the jobs to a SLURM cluster, but there is no srun on this machine's "
+                 "PATH", marks=pytest.mark.skipif(bool(shutil.which("srun")), reason="a SLURM machine")),  # traceback
     (("-m", "model=mlp", "hydra.launcher.n_jobs=abc", "hydra.sweep.dir=sweep"),
      "hydra.launcher.n_jobs=abc is not valid: Value 'abc' of type 'str' could not be converted to Integer"),
     (("+experiment=fashion_speedrun",),
@@ -136,8 +140,8 @@ def test_hydra_errors_about_groups_and_the_launcher_say_what_to_write(tmp_path: 
                                                                       says: str):
     """Hydra's words for these were its internals ('Multiple values for experiment. To override a value use
     override experiment: ...', 'Could not load logger/wandb', 'Error merging override', 'Could not delete'),
-    group=null and ~model were tracebacks, and n_jobs=0 was joblib's traceback after the sweep's folder
-    existed."""
+    group=null and ~model were tracebacks, and n_jobs=0 (joblib) or the SLURM launcher without SLURM (submitit)
+    was a traceback after the sweep's folder existed."""
     assert says in one_line_error(cli("fmnist-train", *args, cwd=tmp_path, check=False))
     assert list(tmp_path.iterdir()) == []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shutil
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
@@ -38,8 +39,12 @@ def sampled_sweep_error(overrides: list[str]) -> str | None:
 
 
 def launcher_error(overrides: list[str]) -> str | None:
-    """What the joblib launcher would raise as a traceback once the sweep's folder exists: n_jobs=0."""
+    """What a launcher would raise as a traceback once the sweep's folder exists: the joblib launcher's n_jobs=0,
+    the SLURM launcher on a machine without SLURM (submitit looks for `srun`, as here)."""
     for key, value in map(override_parts, overrides):
+        if key == "hydra/launcher" and value.strip() in ("slurm", "submitit_slurm") and not shutil.which("srun"):
+            return (f"hydra/launcher={value.strip()} submits the jobs to a SLURM cluster, but there is no srun on "
+                    "this machine's PATH: run the sweep on the cluster, or leave hydra/launcher out to run it here")
         if key == "hydra.launcher.n_jobs" and value.strip() in ("0", "+0", "-0"):
             return (f"hydra.launcher.n_jobs={value} is not valid: expected the number of jobs at once (1 or more; "
                     f"-1: one per core, -2: all but one)")
