@@ -135,6 +135,8 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     (("~model",), "~model: model cannot be left out: choose one of bn_cnn"),  # a traceback
     (("~logger",), "~logger: to train without any logger, write logger=[]"),
     (("=5",), "=5: an override needs a key, key=value"),  # a traceback
+    (("--config-name=eval", "epochs=1"), "--config-name=eval is fmnist-eval's config: run fmnist-eval, or leave "
+                                         "--config-name out"),  # was "epochs is not a setting of the epochs chosen"
 ])
 def test_hydra_errors_about_groups_and_the_launcher_say_what_to_write(tmp_path: Path, args: tuple[str, ...],
                                                                       says: str):

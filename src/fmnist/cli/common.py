@@ -188,6 +188,11 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                 if args.shell_completion and any(o.startswith("query=") for o in args.overrides):
                     print(_own_completions(_captured_stdout(app), config_name))
                     return
+                named = args.config_name  # another command's config: every error would be worded for this one's
+                if (named and named != config_name and not args.config_dir
+                        and (Path(CONFIG_DIR) / f"{named}.yaml").is_file()):
+                    fail(prog, f"--config-name={named} is fmnist-{named}'s config: run fmnist-{named}, or leave "
+                               f"--config-name out")
                 if error := group_value_error(prog, config_name, args.overrides):
                     fail(prog, error)
                 checked = _check_single_run(prog, config_name, check, args)
