@@ -259,6 +259,19 @@ def test_an_optuna_search_that_would_minimize_the_accuracy_is_refused(tmp_path: 
     assert not (tmp_path / "sweep").exists()
 
 
+@needs_plugin("optuna_sweeper", "sweep")
+@pytest.mark.parametrize(("count", "expected"), [("n_trials=0", "the number of trials to run"),
+                                                 ("n_trials=-1", "the number of trials to run"),
+                                                 ("n_jobs=0", "the number of trials at once")])
+def test_an_optuna_search_with_no_trials_or_none_at_once_is_refused(tmp_path: Path, count: str, expected: str):
+    """Optuna's sweeper ran no trial and then raised 'No trials are completed yet' (n_jobs=0: ZeroDivisionError)."""
+    proc = cli("fmnist-train", "--multirun", "hparams_search=optuna", "model=mlp", f"hydra.sweeper.{count}",
+               "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"fmnist-train: error: hydra.sweeper.{count} is not valid: expected {expected} (1 or more)\n")
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_crashed_and_unreadable_jobs_are_reported_as_such(tmp_path: Path):
     """A job whose process died mid-run reads "crashed", a corrupt metrics.json "unreadable": never a traceback."""
     import json

@@ -40,7 +40,7 @@ class SummaryCallback(Callback):
         from fmnist.artifacts.sweep import parallel_jobs
         from fmnist.train.interrupt import ParallelStop
 
-        check_search_direction(config.hydra.sweeper)
+        check_search(config.hydra.sweeper)
         folder = sweep_dir(config.hydra)
         check_jobs_free(folder, list(config.hydra.overrides.task))
         _new_dirs[:] = absent_dirs(folder)
@@ -67,18 +67,23 @@ class SummaryCallback(Callback):
             sys.exit(1)
 
 
-def check_search_direction(sweeper: DictConfig) -> None:
+def check_search(sweeper: DictConfig) -> None:
     """A search's objective is each run's best validation accuracy, but Optuna's sweeper minimizes unless told
     otherwise: `hydra/sweeper=optuna` alone would search for the worst settings and report them as the best.
-    (hparams_search=optuna sets maximize.) Checked before the first trial."""
+    (hparams_search=optuna sets maximize.) Its counts, which it would meet as a traceback after the search (no
+    trials: 'No trials are completed yet') or as it starts (n_jobs=0: a division by zero). Checked before the
+    first trial."""
     if "optuna" not in str(sweeper.get("_target_", "")).lower():
         return
+    from fmnist.cli.common import fail  # the CLI module imports this one
+
+    for key, what in (("n_trials", "the number of trials to run"), ("n_jobs", "the number of trials at once")):
+        if isinstance(count := sweeper.get(key), int) and count < 1:
+            fail("fmnist-train", f"hydra.sweeper.{key}={count} is not valid: expected {what} (1 or more)")
     direction = sweeper.get("direction")
     directions = list(direction) if isinstance(direction, ListConfig | list) else [direction]
     names = [str(d).rpartition(".")[2].lower() for d in directions]  # Direction.minimize, or as typed
     if names != ["maximize"]:
-        from fmnist.cli.common import fail  # the CLI module imports this one
-
         fail("fmnist-train", f"hydra.sweeper.direction={','.join(names)}: the objective is the validation accuracy, "
                              f"which a search maximizes: add hydra.sweeper.direction=maximize (hparams_search=optuna "
                              f"sets it)")
