@@ -215,10 +215,12 @@ def test_a_sweep_worker_asked_to_end_skips_the_teardown_and_loses_nothing(tmp_pa
 
 
 def test_a_multirun_runs_its_jobs_side_by_side_fitted_to_the_cores(tmp_path: Path):
-    cli("fmnist-train", "--multirun", "threads=1", "model=mlp", "optimizer.lr=1e-3,2e-3",
-        "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    proc = cli("fmnist-train", "--multirun", "threads=1", "model=mlp", "optimizer.lr=1e-3,2e-3",
+               "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert all(r["status"] == "completed" for r in summary(tmp_path / "sweep"))
     jobs = len(os.sched_getaffinity(0))  # one thread each: as many jobs as cores
+    # the launcher's first line, without the dozen arguments of joblib.Parallel it listed
+    assert f"] launching 2 jobs, {min(jobs, 2)} at a time\n" in proc.stdout and "Joblib" not in proc.stdout
     assert f"cpu threads 1 (threads=1, {jobs} usable cores, {jobs} process" in \
            (tmp_path / "sweep" / "1" / "train.log").read_text()
 

@@ -1,8 +1,11 @@
 """Hydra callbacks (named in conf/train.yaml): the sweep summary and page, kept current while a --multirun
-runs; at its end, the sweep's parent run in MLflow is closed."""
+runs; at its end, the sweep's parent run in MLflow is closed. And the sweep's first log line, made readable
+(a logging filter that conf/hydra/hydra_logging names)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -139,3 +142,17 @@ def discard_rejected_sweep() -> None:
             remove_empty(_new_dirs)
     except OSError:
         pass
+
+
+class JoblibLaunchLine(logging.Filter):
+    """The joblib launcher opens a sweep with every argument of joblib.Parallel (`Joblib.Parallel(n_jobs=2,
+    backend=loky,prefer=processes,require=None,verbose=0,timeout=None,pre_dispatch=2*n_jobs,...) is launching
+    4 jobs`): of those, a user set or wants to know only how many run at once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        said = re.fullmatch(r"Joblib\.Parallel\((.*)\) is launching (\d+) jobs", record.getMessage(), re.DOTALL)
+        at_once = re.search(r"(?:^|,)n_jobs=(\d+)", said.group(1)) if said else None  # -1: joblib's count, kept
+        if said and at_once:
+            jobs = int(said.group(2))
+            record.msg, record.args = f"launching {jobs} jobs, {min(jobs, int(at_once.group(1)))} at a time", ()
+        return True
