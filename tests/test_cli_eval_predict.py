@@ -348,3 +348,18 @@ def test_the_check_before_torch_stops_at_the_first_run_it_finds(tmp_path: Path, 
     first = len(walked)
     assert rundir.latest_checkpoint((outputs,)).parent.name in ("a", "b")
     assert first < len(walked) - first == 3  # the check stopped at the first run; the choice saw all three files
+
+
+def test_the_row_normalised_confusion_matrix_never_prints_a_mistake_as_zero(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """As fractions with two decimals, 1 image of 980 printed 0.00: a cell with a mistake that read as none (and
+    2999 of 3000 right, rounded, would read as all)."""
+    from fmnist.artifacts import plots
+
+    drawn: list = []
+    monkeypatch.setattr(plots.plt, "close", drawn.append)
+    plots.plot_confusion(torch.tensor([[2999, 1, 0], [30, 970, 0], [0, 0, 5]]), ["a", "b", "c"], tmp_path / "c.png")
+    counts, shares = drawn[0].axes[:2]
+    assert [t.get_text() for t in counts.texts] == ["2999", "1", "30", "970", "5"]
+    assert [t.get_text() for t in shares.texts] == [">99.9", "<0.1", "3.0", "97.0", "100.0"]
+    assert_real_png(tmp_path / "c.png")

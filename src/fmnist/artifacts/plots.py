@@ -83,16 +83,26 @@ def _epoch_axis(ax: plt.Axes, epochs: list[int]) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
 
 
+def _percent(value: float) -> str:
+    """A share of a true class as the row-normalised matrix prints it: one decimal, and neither a cell with an
+    image in it reads 0 nor one that misses an image reads 100 (1 of 980 printed as 0.00 of a fraction looked
+    like no mistake at all)."""
+    if 0 < value < 0.05:
+        return "<0.1"
+    return ">99.9" if 99.95 <= value < 100 else f"{value:.1f}"
+
+
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str = "") -> Path:
-    """Counts on the left, row-normalised (recall per true class) on the right; empty cells stay blank."""
+    """Counts on the left, row-normalised (recall per true class, in percent) on the right; empty cells stay
+    blank."""
     counts = confusion.cpu().numpy()
     rows = counts.sum(1, keepdims=True)
-    normalised = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+    normalised = 100 * np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
     n = len(class_names)
     size = max(5.0, 0.55 * n + 2.5)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
-    for ax, data, label, fmt in ((axes[0], counts, "count", "d"), (axes[1], normalised, "fraction of true class",
-                                                                    ".2f")):
+    for ax, data, label, text in ((axes[0], counts, "count", str), (axes[1], normalised, "% of true class",
+                                                                     _percent)):
         im = ax.imshow(data, cmap="Blues")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
         ax.set_xticks(range(n), class_names, rotation=45, ha="right")
@@ -102,10 +112,10 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, 
         for i in range(n):
             for j in range(n):
                 if counts[i, j]:
-                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
+                    ax.text(j, i, text(data[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if data[i, j] > threshold else "black")
     axes[0].set_title("Confusion matrix (counts)")
-    axes[1].set_title("Row-normalised")
+    axes[1].set_title("Row-normalised (% of each true class)")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
