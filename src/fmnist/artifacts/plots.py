@@ -84,9 +84,9 @@ def _epoch_axis(ax: plt.Axes, epochs: list[int]) -> None:
 
 
 def _percent(value: float) -> str:
-    """A share of a true class as the row-normalised matrix prints it: one decimal, and neither a cell with an
-    image in it reads 0 nor one that misses an image reads 100 (1 of 980 printed as 0.00 of a fraction looked
-    like no mistake at all)."""
+    """A percentage as the figures print it: one decimal, never 0 for what is not none nor 100 for what is not
+    all (1 image of 980 in the row-normalised confusion matrix printed as 0.00 of a fraction, which looked like
+    no mistake at all; a wrong prediction at 99.96% as 100%)."""
     if 0 < value < 0.05:
         return "<0.1"
     return ">99.9" if 99.95 <= value < 100 else f"{value:.1f}"
@@ -132,10 +132,11 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.set_yticks(range(len(rows)), [r["class"] for r in rows])  # positions: "0".."9" are names, not numbers
     overall = 100 * report["accuracy"]
     ax.axvline(overall, color=BAD, linestyle="--", label=f"overall {overall:.2f}%")
-    for bar, acc in zip(bars, accs, strict=True):
-        ax.text(bar.get_width() + 0.3, bar.get_y() + bar.get_height() / 2, f"{acc:.1f}", va="center", fontsize=8)
+    for bar, acc in zip(bars, accs, strict=True):  # on white, above the overall line where they meet
+        ax.text(bar.get_width() + 0.3, bar.get_y() + bar.get_height() / 2, _percent(acc), va="center", fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     ax.set(xlabel="accuracy (%)", xlim=(0, 108), title=title or "Per-class accuracy")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the bars, never over one
     fig.tight_layout()
     return _save(fig, path)
 
@@ -159,7 +160,7 @@ def plot_mistakes(mistakes: Mistakes, class_names: list[str], path: Path) -> Pat
                                              mistakes.confidence, strict=True)):
         top, left = (k // cols) * cell_h + band, (k % cols) * cell_w + gap // 2
         sheet[:, top:top + height, left:left + width] = image.detach().cpu()
-        ax.text(left + width / 2, top - 1, f"true: {class_names[t]}\npred: {class_names[p]} ({c:.0%})",
+        ax.text(left + width / 2, top - 1, f"true: {class_names[t]}\npred: {class_names[p]} ({_percent(100 * c)}%)",
                 ha="center", va="bottom", fontsize=8, color=BAD)
     array, cmap = _as_display(sheet)
     ax.imshow(array, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
