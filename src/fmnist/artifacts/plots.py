@@ -190,9 +190,11 @@ def plot_prediction(image: torch.Tensor, probs: torch.Tensor, class_names: list[
     ax_bar.set_yticks(range(len(class_names)), class_names)
     ax_bar.invert_yaxis()
     ax_bar.set(xlim=(0, 100), xlabel="probability (%)")
-    for i, v in enumerate(values):
-        ax_bar.text(min(v + 1, 92), i, f"{v:.1f}", va="center", fontsize=8)
-    head = f"predicted: {class_names[predicted]} ({values[predicted]:.1f}%)"
+    for i, v in enumerate(values):  # beside its bar, or inside it in white where the bar fills the axis
+        inside = v > 90
+        ax_bar.text(v - 1 if inside else v + 1, i, _percent(v), va="center", ha="right" if inside else "left",
+                    fontsize=8, color="white" if inside else "black")
+    head = f"predicted: {class_names[predicted]} ({_percent(values[predicted])}%)"
     if true is None:
         fig.suptitle(head, color="black")
     else:
