@@ -135,6 +135,10 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     (("~model",), "~model: model cannot be left out: choose one of bn_cnn"),  # a traceback
     (("~logger",), "~logger: to train without any logger, write logger=[]"),
     (("=5",), "=5: an override needs a key, key=value"),  # a traceback
+    (("model=mlp,cnn",), "model=mlp,cnn: to train each, sweep them: fmnist-train --multirun model=mlp,cnn"),
+    (("optimizer.lr=1e-3,3e-3",), "optimizer.lr=1e-3,3e-3: a comma sweeps the values only with --multirun "
+                                  "(fmnist-train --multirun optimizer.lr=1e-3,3e-3); a list is written "
+                                  "optimizer.lr=[1e-3,3e-3], text optimizer.lr='1e-3,3e-3'"),  # Hydra's 1. 2. 3.
     (("--config-name=eval", "epochs=1"), "--config-name=eval is fmnist-eval's config: run fmnist-eval, or leave "
                                          "--config-name out"),  # was "epochs is not a setting of the epochs chosen"
 ])

@@ -127,6 +127,14 @@ def composition_error(exc: ConfigCompositionException, prog: str, config_name: s
         value = next((override_parts(o)[1] for o in overrides if o.startswith("+") and override_parts(o)[0] == group),
                      "OPTION")
         return f"+{group}={value}: {group} is chosen in the defaults already; write {group}={value} (without +)"
+    ambiguous = re.match(r"Ambiguous value for argument '(.*)'$", text.splitlines()[0])
+    if ambiguous:  # model=mlp,cnn without --multirun: Hydra's three numbered ways, which a group has one of
+        typed = ambiguous.group(1)
+        key, value = typed.split("=", 1)  # as typed, `+` and all
+        if key in app_groups(config_name):
+            return f"{typed}: to train each, sweep them: {prog} --multirun {typed}"
+        return (f"{typed}: a comma sweeps the values only with --multirun ({prog} --multirun {typed}); a list is "
+                f"written {key}=[{value}], text {key}='{value}'")
     merging = re.match(r"Error merging override (\S+)", text)
     if merging and exc.__cause__ is not None:  # a value of the wrong type for a typed key of Hydra's own
         return f"{merging.group(1)} is not valid: {str(exc.__cause__).splitlines()[0]}"
