@@ -102,7 +102,7 @@ def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...
                    "(did you mean cnn?)"),
     ("modle=cnn", "modle is not a config key (did you mean model?)"),
     ("optimizer.lrr=0.1", "optimizer.lrr is not a config key (did you mean optimizer.lr?)"),
-    ("epochs=[", "cannot parse the overrides"),
+    ("epochs=[", "cannot parse epochs=[: check its brackets and quotes"),
     ("hydra.run.dir=/proc/fmnist-cannot-be-here", "/proc/fmnist-cannot-be-here"),
     ("hydra.run.dir=/etc/passwd/run", "cannot use /etc/passwd/run as a directory: a file is in the way"),
     ("resume='~nobody_fmnist/run'", "resume=~nobody_fmnist/run: there is no checkpoint at ~nobody_fmnist/run"),
@@ -139,6 +139,9 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     (("optimizer.lr=1e-3,3e-3",), "optimizer.lr=1e-3,3e-3: a comma sweeps the values only with --multirun "
                                   "(fmnist-train --multirun optimizer.lr=1e-3,3e-3); a list is written "
                                   "optimizer.lr=[1e-3,3e-3], text optimizer.lr='1e-3,3e-3'"),  # Hydra's 1. 2. 3.
+    (("dataset.root=~/data",), "dataset.root=~/data: Hydra reads this value only in quotes: write "
+                               "dataset.root='~/data'"),  # "cannot parse ...; write them as key=value", which it was
+    (("model.channels=[8,16",), "cannot parse model.channels=[8,16: check its brackets and quotes"),
     (("--config-name=eval", "epochs=1"), "--config-name=eval is fmnist-eval's config: run fmnist-eval, or leave "
                                          "--config-name out"),  # was "epochs is not a setting of the epochs chosen"
 ])

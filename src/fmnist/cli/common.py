@@ -51,6 +51,7 @@ from fmnist.cli.overrides import (
     other_apps_groups,
     override_parts,
     sampled_sweep_error,
+    unparsable_error,
 )
 from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
 from fmnist.errors import UserError
@@ -216,7 +217,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                 discard_rejected_sweep()
                 fail(prog, composition_error(exc, prog, config_name, args.overrides))
             except OverrideParseException as exc:
-                fail(prog, f"cannot parse the overrides ({str(exc).splitlines()[0]}); write them as key=value")
+                fail(prog, unparsable_error(args.overrides) or
+                     f"cannot parse the overrides ({str(exc).splitlines()[0]}); write them as key=value")
             except HydraException as exc:
                 fail(prog, sampled_sweep_error(args.overrides) or (str(exc).splitlines()[0] if str(exc) else
                                                               type(exc).__name__))

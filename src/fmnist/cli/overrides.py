@@ -51,6 +51,35 @@ def launcher_error(overrides: list[str]) -> str | None:
     return None
 
 
+def unparsable_error(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar cannot read, and how to write it: `dataset.root=~/data` (the shell
+    leaves the ~ to the program here) was 'LexerNoViableAltException: dataset.root=~/data; write them as
+    key=value', which it was. A value with a character the grammar reads only in quotes (~ # ( [ = or a letter
+    outside ASCII) is quoted in the answer where that makes it readable."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+
+    def readable(override: str) -> bool:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException:
+            return False
+        return True
+
+    for override in overrides:
+        if readable(override):
+            continue
+        key, _, value = override.partition("=")
+        quoted = f"{key}='{value}'"
+        if value and value[0] not in "[{" and not any(c in value for c in "'\"\\") and readable(quoted):
+            return (f"{override}: Hydra reads this value only in quotes: write {quoted} (in a shell, in double "
+                    f"quotes too: \"{quoted}\")")
+        return f"cannot parse {override}: check its brackets and quotes (a list: key=[a,b]; text: key='...')"
+    return None
+
+
 def group_value_error(prog: str, config_name: str, overrides: list[str]) -> str | None:
     """A config group given null (Hydra's traceback: 'Config group override must be a string or a list'), a
     list where the group takes one option (model=[mlp,cnn] merged both models into one config), a group that
