@@ -505,3 +505,17 @@ def test_more_threads_than_cores_is_said(tmp_path: Path):
     assert said in proc.stdout + proc.stderr and said in (tmp_path / "r" / "train.log").read_text()
     proc = cli("fmnist-train", "model=mlp", *FAST, f"threads={cores}", "hydra.run.dir=s", cwd=tmp_path)
     assert "usable cores: they take turns" not in proc.stdout + proc.stderr
+
+
+def test_run_and_sweep_directories_typed_with_a_tilde_are_made_in_the_home_directory(tmp_path: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch):
+    """Hydra reads a ~ only in quotes, where the shell leaves it alone: Hydra made a folder named ~ in the
+    working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (work := tmp_path / "work").mkdir()
+    cli("fmnist-train", "model=mlp", *FAST, "hydra.run.dir='~/runs/a'", cwd=work)
+    assert json.loads((tmp_path / "home" / "runs" / "a" / "metrics.json").read_text())["status"] == "completed"
+    cli("fmnist-train", "--multirun", "model=mlp", *FAST, "hydra.sweep.dir='~/sweep'", "hydra/launcher=basic",
+        cwd=work)
+    assert (tmp_path / "home" / "sweep" / "0" / "best.pt").is_file()
+    assert list(work.iterdir()) == []

@@ -1,5 +1,5 @@
 """Paths the user typed (ckpt=, out_dir=, image=, resume=, dataset.root, logger.tensorboard.log_dir,
-$XDG_CACHE_HOME).
+hydra.run.dir and hydra.sweep.dir, $XDG_CACHE_HOME).
 
 `~` and `~user` are expanded as a shell expands them, and a `~name` of no such user is left as typed, as a
 shell leaves it: pathlib's `expanduser` raises RuntimeError there instead, which reached the user as a

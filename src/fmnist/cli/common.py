@@ -55,6 +55,7 @@ from fmnist.cli.overrides import (
 )
 from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
 from fmnist.errors import UserError
+from fmnist.paths import quoted_override, user_path
 
 T = TypeVar("T")
 
@@ -189,6 +190,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                 if args.shell_completion and any(o.startswith("query=") for o in args.overrides):
                     print(_own_completions(_captured_stdout(app), config_name))
                     return
+                _ADDED.clear()
+                args.overrides += _added(_home_dirs(args.overrides))  # what every check below reads too
                 named = args.config_name  # another command's config: every error would be worded for this one's
                 if (named and named != config_name and not args.config_dir
                         and (Path(CONFIG_DIR) / f"{named}.yaml").is_file()):
@@ -201,10 +204,10 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                     _check_sweep(prog, config_name, check_job, args)
                 if place is not None and checked is not None:
                     try:
-                        _ADDED[:] = place(checked[0], args.overrides)
+                        added = place(checked[0], args.overrides)
                     except UserError as exc:
                         fail(prog, str(exc))
-                    sys.argv += _ADDED
+                    _added(added)
                 if args.multirun and (error := launcher_error(args.overrides)):
                     fail(prog, error)
                 if before_run is not None:
@@ -347,7 +350,26 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
                 fail(prog, f"{exc}{where}")
 
 
-_ADDED: list[str] = []  # overrides that `place` appended to the command line
+_ADDED: list[str] = []  # overrides that fmnist appended to the command line
+
+
+def _added(overrides: list[str]) -> list[str]:
+    """Append overrides to the command line Hydra reads, as fmnist's own: after every typed one (the last
+    wins), and apart from them where the command is recorded as typed."""
+    _ADDED.extend(overrides)
+    sys.argv += overrides
+    return overrides
+
+
+def _home_dirs(overrides: list[str]) -> list[str]:
+    """`"hydra.run.dir='~/runs/a'"` (Hydra reads a ~ only in quotes, and the shell then leaves it alone): Hydra
+    made a folder named `~` in the working directory. Expanded as a shell would, as fmnist's own paths are."""
+    home = []
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        typed = typed_dir(overrides, key)
+        if typed is not None and typed.startswith("~") and str(expanded := user_path(typed)) != typed:
+            home.append(quoted_override(key, str(expanded)))
+    return home
 
 
 def typed_args() -> list[str]:
@@ -355,11 +377,12 @@ def typed_args() -> list[str]:
     return sys.argv[1:len(sys.argv) - len(_ADDED)]
 
 
-def typed_run_dir(overrides: list[str]) -> str | None:
-    """The `hydra.run.dir` the command line sets (the last one wins, as in Hydra), None if it sets none."""
+def typed_dir(overrides: list[str], key: str = "hydra.run.dir") -> str | None:
+    """The `hydra.run.dir` (or another key's value) the command line sets (the last one wins, as in Hydra),
+    None if it sets none."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    typed = [o for o in overrides if override_parts(o)[0] == "hydra.run.dir"]
+    typed = [o for o in overrides if override_parts(o)[0] == key]
     if not typed:
         return None
     value = OverridesParser.create().parse_overrides(typed[-1:])[0].value()

@@ -28,7 +28,7 @@ from fmnist.cli.common import (
     hydra_app,
     report_user_errors,
     typed_args,
-    typed_run_dir,
+    typed_dir,
 )
 from fmnist.cli.overrides import app_groups, override_parts
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
@@ -75,19 +75,19 @@ def placed(settings: TrainConfig, overrides: list[str]) -> list[str]:
     A resumed run goes on in its checkpoint's directory: `resume=RUN` puts Hydra there too (its log went to a
     new directory under outputs/, apart from the run's), and `.hydra/` keeps the config the run was begun with,
     where Hydra would write the resume command's (whose defaults, say model=cnn, are not what the run trains)."""
-    typed_dir = typed_run_dir(overrides)
-    if typed_dir is not None and "${" in typed_dir:  # resolved only by Hydra: the run checks it when it claims it
+    typed = typed_dir(overrides)
+    if typed is not None and "${" in typed:  # resolved only by Hydra: the run checks it when it claims it
         return []
     if settings.resume not in (None, "auto"):
         source = resume_source(settings.resume, Path.cwd())
         assert source is not None
         run_dir = source.parent
-        if typed_dir is not None and Path(typed_dir).absolute() != run_dir.absolute():
+        if typed is not None and Path(typed).absolute() != run_dir.absolute():
             raise UserError(f"resume={settings.resume} continues the run in {run_dir}, not in hydra.run.dir="
-                            f"{typed_dir}: drop hydra.run.dir, or copy the checkpoint into {typed_dir} to branch "
+                            f"{typed}: drop hydra.run.dir, or copy the checkpoint into {typed} to branch "
                             f"from it there")
-    elif typed_dir is not None:
-        run_dir = Path(typed_dir)
+    elif typed is not None:
+        run_dir = Path(typed)
         source = run_dir / LAST  # what resume=auto continues, if it is there
     else:
         return []  # a new directory of Hydra's naming
@@ -97,7 +97,7 @@ def placed(settings: TrainConfig, overrides: list[str]) -> list[str]:
     if not resuming:
         return []
     _check_resume(source, settings, overrides)
-    here = [] if typed_dir is not None or "${" in str(run_dir) else [quoted_override("hydra.run.dir", str(run_dir))]
+    here = [] if typed is not None or "${" in str(run_dir) else [quoted_override("hydra.run.dir", str(run_dir))]
     return [*here, "hydra.output_subdir=null"]
 
 
