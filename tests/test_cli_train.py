@@ -198,6 +198,7 @@ def test_a_key_added_where_fmnist_reads_key_by_key_is_refused(tmp_path: Path):
     ("train", ["--multirun", "model=mlp,resnet"], 2), ("train", ["-m", "model=mlp,cnn", "modle=3"], 2),
     ("train", ["-m", "model=mlp,cnn", "batch_size=0"], 2),
     ("train", ["experiment=fashion_speedrun", "model=cnn"], 2), ("train", ["resume=nowhere"], 2),
+    ("predict", ["--version"], 0),
 ])
 def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_path: Path, tool: str,
                                                                          args: list[str], code: int):
@@ -212,6 +213,16 @@ def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_p
     assert list(tmp_path.iterdir()) == []
     if code == 2:
         assert len(proc.stderr.strip().splitlines()) == 1 and "error:" in proc.stderr
+
+
+def test_version_names_fmnist_and_what_it_runs_on(tmp_path: Path):
+    """--version answered "Hydra 1.3.8", Hydra's own version, for each of fmnist's commands."""
+    from importlib.metadata import version
+
+    from fmnist import __version__
+
+    lines = cli("fmnist-eval", "--version", cwd=tmp_path).stdout.splitlines()
+    assert lines[0] == f"fmnist-eval {__version__}" and f"torch {version('torch')}, " in lines[1]
 
 
 def test_a_config_dir_of_ones_own_is_checked_before_a_run_directory_too(tmp_path: Path):

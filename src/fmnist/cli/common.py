@@ -10,12 +10,14 @@ this module imports neither torch nor matplotlib, so `--help`, `--cfg job` and a
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import io
 import logging
 import multiprocessing.util
 import os
+import platform
 import re
 import signal
 import string
@@ -37,6 +39,7 @@ from hydra.errors import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fmnist import __version__
 from fmnist.artifacts.atomic import check_dir_target, in_the_way
 from fmnist.artifacts.inputs import check_checkpoint_file, checkpoint_path, existing_file
 from fmnist.artifacts.rundir import check_some_checkpoint
@@ -179,7 +182,7 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
         def run() -> None:
             os.environ["HYDRA_FULL_ERROR"] = "1"  # raise composition errors to us instead of printing them
             try:
-                args = get_args_parser().parse_args()
+                args = _parser(prog).parse_args()
                 if sleeping_threads(args.overrides):
                     # OpenMP threads that sleep when idle instead of spinning: several torch processes on one
                     # CPU (parallel sweep jobs, a busy laptop) otherwise starve each other. Read when torch loads.
@@ -241,6 +244,27 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
         return main
 
     return wrap
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    """Hydra's command-line parser, whose --version answered "Hydra 1.3.8" for fmnist-train: fmnist's version
+    first, then what it runs on (read from the installed packages: importing torch takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} not installed"
+
+    parser = get_args_parser()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the version's lines as written, not rewrapped
+    for action in parser._actions:  # argparse keeps its actions only here
+        if isinstance(action, argparse._VersionAction):
+            action.version = (f"{prog} {__version__}\n{installed('torch')}, {installed('torchvision')}, Hydra "
+                              f"{hydra.__version__}, Python {platform.python_version()}")
+            action.help = "Show fmnist's version and exit"
+    return parser
 
 
 def _app_help(config_name: str, overrides: list[str], resolve: bool) -> str:

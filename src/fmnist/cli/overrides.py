@@ -71,7 +71,9 @@ def unparsable_error(overrides: list[str]) -> str | None:
     for override in overrides:
         if readable(override):
             continue
-        key, _, value = override.partition("=")
+        key, equals, value = override.partition("=")
+        if not equals:
+            return f"cannot parse {override}: an override is written key=value"
         quoted = f"{key}='{value}'"
         if value and value[0] not in "[{" and not any(c in value for c in "'\"\\") and readable(quoted):
             return (f"{override}: Hydra reads this value only in quotes: write {quoted} (in a shell, in double "
