@@ -142,6 +142,7 @@ def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected
     (("dataset.root=~/data",), "dataset.root=~/data: Hydra reads this value only in quotes: write "
                                "dataset.root='~/data'"),  # "cannot parse ...; write them as key=value", which it was
     (("model.channels=[8,16",), "cannot parse model.channels=[8,16: check its brackets and quotes"),
+    (("mlp",), "cannot parse mlp: an override is written key=value"),
     (("--config-name=eval", "epochs=1"), "--config-name=eval is fmnist-eval's config: run fmnist-eval, or leave "
                                          "--config-name out"),  # was "epochs is not a setting of the epochs chosen"
 ])
