@@ -138,7 +138,8 @@ def test_matplotlibs_first_font_scan_is_not_news(trained_run: Path, tmp_path: Pa
     assert (tmp_path / "matplotlib").is_dir() and "fontManager" not in proc.stdout + proc.stderr, proc.stderr
 
 
-def test_without_ckpt_the_latest_sweep_gives_its_best_job_and_pictures_are_kept(tmp_path: Path, trained_run: Path):
+def test_without_ckpt_or_given_its_folder_a_sweep_gives_its_best_job_and_pictures_are_kept(tmp_path: Path,
+                                                                                          trained_run: Path):
     sweep = tmp_path / "multirun" / "2026-01-01" / "00-00-00"
     for job, acc in (("0", 0.9), ("1", 0.5)):  # job 1 finished last, job 0 is the better one
         shutil.copytree(trained_run, sweep / job, ignore=shutil.ignore_patterns("eval-*", "predictions"))
@@ -151,6 +152,10 @@ def test_without_ckpt_the_latest_sweep_gives_its_best_job_and_pictures_are_kept(
     cli("fmnist-predict", "index=2", cwd=tmp_path)
     assert_real_png(sweep / "0" / "predictions" / "prediction-test-1.png")  # the second picture did not replace it
     assert_real_png(sweep / "0" / "predictions" / "prediction-test-2.png")
+    # the sweep's folder named: its best job too (it was "a directory without best.pt")
+    proc = cli("fmnist-eval", f"ckpt={sweep}", cwd=tmp_path)
+    assert f"ckpt={sweep} is a sweep: its best job, {sweep / '0' / 'best.pt'} (job 0, val 90.00%" in proc.stderr
+    assert (sweep / "0" / "eval-test" / "eval.json").is_file() and not (sweep / "1" / "eval-test").exists()
 
 
 def test_no_run_found_says_how_to_get_one(tmp_path: Path):

@@ -28,12 +28,17 @@ def existing_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def checkpoint_path(setting: str | Path) -> Path:
-    """`ckpt=`: a checkpoint file, or a run directory for its best.pt (as `resume=` takes one for its last.pt)."""
+def checkpoint_path(setting: str | Path, announce: bool = False) -> Path:
+    """`ckpt=`: a checkpoint file, a run directory for its best.pt (as `resume=` takes one for its last.pt), or
+    a sweep's folder for its best job's (`announce`: say which, in the log)."""
     path = user_path(setting)
     if not path.is_dir():
         return path
     if not (path / BEST).is_file():
+        from fmnist.artifacts.sweep import best_job_checkpoint  # a sweep's folder: only where ckpt= names one
+
+        if best := best_job_checkpoint(path, f"ckpt={setting} is a sweep: its best job" if announce else ""):
+            return best
         hint = f" (it has {LAST}: ckpt={path / LAST})" if (path / LAST).is_file() else ""
         raise UserError(f"checkpoint {path} is a directory without {BEST}{hint}")
     return path / BEST

@@ -286,16 +286,25 @@ def default_checkpoint() -> Path:
     """What fmnist-eval and fmnist-predict use without ckpt=: the latest run's best.pt, or when the latest
     run was a job of a sweep, the best job's (highest validation accuracy) of that sweep."""
     latest = latest_checkpoint()
-    sweep_dir = latest.parent.parent
-    if any((sweep_dir / name).is_file() for name in SWEEP_MARKERS):
-        done = [r for r in collect(sweep_dir) if r["status"] == "completed" and (sweep_dir / r["job"] / BEST).is_file()]
-        if done:
-            best = done[0]
-            log.info("no ckpt= given: the best job of the latest sweep, %s (job %s, val %s, %s)",
-                     sweep_dir / best["job"] / BEST, best["job"], _pct(best["best_val_acc"]), readable(best["swept"]))
-            return sweep_dir / best["job"] / BEST
+    if (best := best_job_checkpoint(latest.parent.parent, "no ckpt= given: the best job of the latest sweep")):
+        return best
     log.info("no ckpt= given: the latest run's %s", latest)
     return latest
+
+
+def best_job_checkpoint(folder: Path, announce: str = "") -> Path | None:
+    """best.pt of the best completed job (highest validation accuracy) of the sweep in `folder`; None where
+    `folder` holds no sweep or no job of it completed. `announce`: the log line's start that says which."""
+    if not any((folder / name).is_file() for name in SWEEP_MARKERS):
+        return None
+    done = [r for r in collect(folder) if r["status"] == "completed" and (folder / r["job"] / BEST).is_file()]
+    if not done:
+        return None
+    best = done[0]
+    if announce:
+        log.info("%s, %s (job %s, val %s, %s)", announce, folder / best["job"] / BEST, best["job"],
+                 _pct(best["best_val_acc"]), readable(best["swept"]))
+    return folder / best["job"] / BEST
 
 
 SWEEP_MARKERS = ("multirun.yaml", SUMMARY_CSV)  # Hydra's record of a sweep, and ours

@@ -49,7 +49,7 @@ class Restored:
 
 def restore(settings: InspectConfig) -> Restored:
     """Load settings.ckpt (default: best.pt of the latest run) and rebuild its model on settings.device."""
-    path = checkpoint_path(settings.ckpt) if settings.ckpt else default_checkpoint()  # which one: it logs
+    path = checkpoint_path(settings.ckpt, announce=True) if settings.ckpt else default_checkpoint()  # logs which
     ckpt = load_checkpoint(path)
     overrides = {"dataset.root": settings.data_root, "dataset.download": settings.data_download}
     cfg = config_from_checkpoint(ckpt, path, settings.trust, overrides)
