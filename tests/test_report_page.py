@@ -5,6 +5,7 @@ config value as text instead of running it."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -38,6 +39,8 @@ def test_a_run_page_has_the_command_config_epochs_classes_and_figures(tmp_path: 
     assert page.count('class="best"') == 1  # the best epoch's row
     assert page.count("data:image/png;base64,") == 3  # curves, confusion matrix, most confident mistakes
     assert "dataset:\n  name: fashion" in page and "optimizer:\n  _target_: torch.optim.Adam" in page  # as YAML
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert f'">{history[0]["samples_per_s"]:,.0f}</td>' in page  # samples/s as the log says it (23,058, not 23058)
 
 
 def test_a_failed_run_gets_a_page_saying_why(tmp_path: Path):
