@@ -240,6 +240,9 @@ def test_a_config_dir_of_ones_own_is_checked_before_a_run_directory_too(tmp_path
     assert "model.hiden is not a config key;" in line  # never "(did you mean model?)": a key is no group
     cli("fmnist-train", *own, *FAST, "hydra.run.dir=r", cwd=tmp_path / "work")
     assert yaml.safe_load((tmp_path / "work" / "r" / ".hydra" / "config.yaml").read_text())["model"]["hidden"] == [16]
+    # --help only shows: it went on to look for the data (and tried to download it) with --config-dir
+    shown = cli("fmnist-train", "--help", *own, "dataset.root=nowhere", "dataset.download=false", cwd=tmp_path)
+    assert "model: bn_cnn, bn_cnn_wide, cnn, feedforward, mlp, speednet, tiny" in shown.stdout
 
 
 NET_OF_ONES_OWN = """

@@ -324,6 +324,12 @@ def _search_path(args: Any) -> list[str] | None:
     return [f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]"]
 
 
+def _only_shows(args: Any) -> bool:
+    """A command that shows something (help, the config, completions) and runs nothing: nothing to check. (With
+    --config-dir, fmnist-train --help went on to look for the data, and tried to download it.)"""
+    return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
+
+
 def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig], Any], args: Any
                       ) -> tuple[Any] | None:
     """Compose and validate the config of a plain run the way Hydra will, so that a rejected one is one line
@@ -331,7 +337,7 @@ def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig],
     `check` returned, or None where nothing was checked: sweeps (_check_sweep), --cfg and the like go to Hydra
     as they are. (--help never gets here: main() answers it, or Hydra does for another config.)"""
     search = _search_path(args)
-    if args.multirun or args.hydra_help or args.cfg or args.info or args.shell_completion or search is None:
+    if args.multirun or _only_shows(args) or search is None:
         return None
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = hydra.compose(config_name=config_name, overrides=[*args.overrides, *search])
@@ -351,7 +357,7 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     search = _search_path(args)
-    if not args.multirun or args.hydra_help or args.cfg or args.info or args.shell_completion or search is None:
+    if not args.multirun or _only_shows(args) or search is None:
         return
     parsed = OverridesParser.create().parse_overrides(args.overrides)
     if any(o.get_key_element().lstrip("+~") in ("hparams_search", "hydra/sweeper") or
