@@ -237,7 +237,7 @@ def test_a_config_dir_of_ones_own_is_checked_before_a_run_directory_too(tmp_path
                                                              cwd=tmp_path / "work", check=False))
     assert list((tmp_path / "work").iterdir()) == []
     line = one_line_error(cli("fmnist-train", *own, "model.hiden=[3]", cwd=tmp_path / "work", check=False))
-    assert "model.hiden is not a config key;" in line  # never "(did you mean model?)": a key is no group
+    assert "model.hiden is not a config key (did you mean model.hidden?);" in line  # the keys of its own option too
     cli("fmnist-train", *own, *FAST, "hydra.run.dir=r", cwd=tmp_path / "work")
     assert yaml.safe_load((tmp_path / "work" / "r" / ".hydra" / "config.yaml").read_text())["model"]["hidden"] == [16]
     # --help only shows: it went on to look for the data (and tried to download it) with --config-dir

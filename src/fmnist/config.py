@@ -401,17 +401,19 @@ def cudagraph_obstacle(*, scheduled: bool, on_nan: str, precision: str, loader: 
     return None
 
 
-def option_files(group: str, option: str, _seen: frozenset[str] = frozenset()) -> list[Path]:
-    """An option's file in conf/GROUP/, after the files of the same group's options its defaults list extends
+def option_files(group: str, option: str, dirs: tuple[Path, ...] = (), _seen: frozenset[str] = frozenset()
+                 ) -> list[Path]:
+    """An option's file in conf/GROUP/ (or in the first of `dirs`, searched after conf/ as Hydra searches a
+    --config-dir, that has it), after the files of the same group's options its defaults list extends
     (bn_cnn_wide: bn_cnn.yaml, then bn_cnn_wide.yaml): together, every key the option sets. [] where there is
     no such file."""
-    path = config_dir() / group / f"{option}.yaml"
-    if option in _seen or not path.is_file():
+    path = next((p for d in (config_dir(), *dirs) if (p := d / group / f"{option}.yaml").is_file()), None)
+    if option in _seen or path is None:
         return []
     node = yaml.safe_load(path.read_text()) or {}
     parents = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"] if isinstance(
         node, dict) else []
-    return [f for parent in parents for f in option_files(group, parent, _seen | {option})] + [path]
+    return [f for parent in parents for f in option_files(group, parent, dirs, _seen | {option})] + [path]
 
 
 @cache

@@ -45,6 +45,7 @@ from fmnist.artifacts.inputs import check_checkpoint_file, checkpoint_path, exis
 from fmnist.artifacts.rundir import check_some_checkpoint
 from fmnist.cli.callbacks import discard_rejected_sweep
 from fmnist.cli.overrides import (
+    add_config_dir,
     app_groups,
     composition_error,
     group_options,
@@ -193,6 +194,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                 if args.shell_completion and any(o.startswith("query=") for o in args.overrides):
                     print(_own_completions(_captured_stdout(app), config_name))
                     return
+                if args.config_dir and Path(args.config_dir).is_dir():
+                    add_config_dir(args.config_dir)
                 _ADDED.clear()
                 args.overrides += _added(_home_dirs(args.overrides))  # what every check below reads too
                 named = args.config_name  # another command's config: every error would be worded for this one's

@@ -20,10 +20,17 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from fmnist.config import CONFIG_DIR, FIXED_NODES, option_files
 
+_USER_DIRS: list[Path] = []  # a --config-dir's folder: its options, and their keys, count too
+
+
+def add_config_dir(path: str) -> None:
+    """The command's --config-dir, whose options (and their keys) the lines below offer beside conf/'s."""
+    _USER_DIRS[:] = [Path(path)]
+
 
 def group_options(group: str) -> list[str]:
-    """The options conf/ has for a config group (its folder's files), sorted."""
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    """The options conf/ (and a --config-dir) has for a config group (its folder's files), sorted."""
+    return sorted({p.stem for d in (Path(CONFIG_DIR), *_USER_DIRS) for p in (d / group).glob("*.yaml")})
 
 
 def sampled_sweep_error(overrides: list[str]) -> str | None:
@@ -220,7 +227,8 @@ def other_apps_groups(config_name: str) -> frozenset[str]:
 @cache
 def _known_keys(config_name: str) -> list[str]:
     """Dotted keys of the primary config and of every option of its config groups."""
-    return _config_keys(config_name, lambda group: (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    return _config_keys(config_name, lambda group: [p for d in (Path(CONFIG_DIR), *_USER_DIRS)
+                                                    for p in (d / group).glob("*.yaml")])
 
 
 def override_parts(override: str) -> tuple[str, str]:
@@ -255,7 +263,7 @@ def _chosen_options(config_name: str, overrides: list[str]) -> dict[str, list[st
 def _option_files(chosen: dict[str, list[str]]) -> Callable[[str], list[Path]]:
     """For _config_keys: the files of the options `chosen` for a group, each after those it extends."""
     def files(group: str) -> list[Path]:
-        return [path for option in chosen.get(group, []) for path in option_files(group, option)]
+        return [path for option in chosen.get(group, []) for path in option_files(group, option, tuple(_USER_DIRS))]
     return files
 
 
