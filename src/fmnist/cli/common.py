@@ -338,7 +338,7 @@ def _check_single_run(prog: str, config_name: str, check: Callable[[DictConfig],
     """Compose and validate the config of a plain run the way Hydra will, so that a rejected one is one line
     and leaves nothing behind (Hydra creates the run directory before the task sees the config). Returns what
     `check` returned, or None where nothing was checked: sweeps (_check_sweep), --cfg and the like go to Hydra
-    as they are. (--help never gets here: main() answers it, or Hydra does for another config.)"""
+    as they are (and --help, which main() answers for fmnist's own config and Hydra for another)."""
     search = _search_path(args)
     if args.multirun or _only_shows(args) or search is None:
         return None

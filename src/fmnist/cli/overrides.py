@@ -224,10 +224,14 @@ def other_apps_groups(config_name: str) -> frozenset[str]:
     return frozenset(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()) - app_groups(config_name) - {"hydra"}
 
 
-@cache
 def _known_keys(config_name: str) -> list[str]:
     """Dotted keys of the primary config and of every option of its config groups."""
-    return _config_keys(config_name, lambda group: [p for d in (Path(CONFIG_DIR), *_USER_DIRS)
+    return _keys_of_every_option(config_name, tuple(_USER_DIRS))
+
+
+@cache
+def _keys_of_every_option(config_name: str, user_dirs: tuple[Path, ...]) -> list[str]:
+    return _config_keys(config_name, lambda group: [p for d in (Path(CONFIG_DIR), *user_dirs)
                                                     for p in (d / group).glob("*.yaml")])
 
 

@@ -91,8 +91,8 @@ def try_config(cfg: TrainConfig) -> None:
 
 def _check_model_class(cfg: TrainConfig) -> None:
     """A model `_target_` of the user's own (one conf/model/ does not ship), checked before the run directory
-    exists: that it imports, is a torch.nn.Module where it is a class, takes the keys its config gives, and,
-    and makes a module with weights to train: built on the meta device (no memory), or once for real on the CPU
+    exists: that it imports, is a torch.nn.Module where it is a class, takes the keys its config gives, and
+    makes a module with weights to train: built on the meta device (no memory), or once for real on the CPU
     where it cannot be built there (it reads real numbers as it initialises, or fails whatever the device: a
     function taking **kwargs such as torchvision's resnet18 passes the signature check and fails only when
     called)."""
