@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -310,10 +311,12 @@ def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):
 
 
 def test_predict_multirun_writes_one_picture_per_job(trained_run: Path, tmp_path: Path):
-    cli("fmnist-predict", "--multirun", f"ckpt={trained_run / 'best.pt'}", "index=0,1", "format=json",
-        "hydra.sweep.dir=sweep", cwd=tmp_path)
+    proc = cli("fmnist-predict", "--multirun", f"ckpt={trained_run / 'best.pt'}", "index=0,1", "format=json",
+               "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert (tmp_path / "sweep" / "0" / "prediction-test-0.png").is_file()
     assert (tmp_path / "sweep" / "1" / "prediction-test-1.png").is_file()
+    launched = next(line for line in proc.stdout.splitlines() if "Launching" in line)
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] Launching 2 jobs locally", launched)  # as fmnist-train's, not [HYDRA]
 
 
 def test_an_out_dir_that_is_a_file_is_one_line(trained_run: Path, tmp_path: Path):
