@@ -377,6 +377,29 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path: Path):
     assert 120 < image.float().mean() < 135
 
 
+@pytest.mark.parametrize(("ink", "mode"), [((0, 0, 0), "RGBA"), ((255, 255, 255), "RGBA"), ((0, 0, 0), "LA"),
+                                         ((0, 0, 0), "P")])
+def test_a_drawing_on_a_transparent_canvas_keeps_its_strokes(tmp_path: Path, ink: tuple[int, int, int], mode: str):
+    """A black "1" on a transparent canvas (a drawing app's export) became an all-black picture: transparent pixels
+    are black underneath, and converting dropped the alpha. Whatever the ink, the model sees MNIST's look: a light
+    stroke on a dark ground."""
+    from PIL import Image, ImageDraw
+
+    from fmnist.inference.images import load_image_file
+
+    if mode == "P":  # a palette image whose entry 0, the canvas, is transparent (GIF-style): black underneath
+        drawing = Image.new("P", (100, 100), 0)
+        drawing.putpalette([0, 0, 0, *ink])
+        ImageDraw.Draw(drawing).line([(50, 15), (50, 85)], fill=1, width=10)
+        drawing.save(tmp_path / "one.png", transparency=0)
+    else:
+        drawing = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
+        ImageDraw.Draw(drawing).line([(50, 15), (50, 85)], fill=(*ink, 255), width=10)
+        drawing.convert(mode).save(tmp_path / "one.png")
+    image = load_image_file(tmp_path / "one.png", channels=1, size=28)[0].float()
+    assert image[6:22, 13:15].mean() > 200 and image[:, :5].mean() < 30  # the stroke light, the ground dark
+
+
 def test_json_output_never_prints_nan(trained_run: Path, tmp_path: Path):
     """A diverged model's NaN probabilities print as null: valid JSON for any parser."""
     import json

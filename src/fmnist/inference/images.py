@@ -33,7 +33,7 @@ def load_image_file(path: str | Path, channels: int, size: int, invert: bool | s
                 raise UserError(f"{path} claims {w}x{h} pixels, more than {MAX_PIXELS:,}: refusing to decode it")
             img.load()
             img = ImageOps.exif_transpose(img)
-            img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
+            img = _on_background(_to_8bit(img)).convert("L" if channels == 1 else "RGB")
     except Image.DecompressionBombError:  # Pillow's own bound, checked when it opens the header
         raise UserError(f"{path} claims more than {MAX_PIXELS:,} pixels: refusing to decode it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -68,6 +68,22 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     else:
         top = 65535.0
     return Image.fromarray(np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8))
+
+
+def _on_background(img: Image.Image) -> Image.Image:
+    """An image with transparency laid on an opaque background that its drawing stands out from: white under dark
+    content, black under light. Converting dropped the alpha channel and kept the colour of transparent pixels,
+    which is usually black: a black digit drawn on a transparent canvas became an all-black picture."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return img
+    rgba = img.convert("RGBA")
+    alpha = np.asarray(rgba, dtype=np.float64)[..., 3]
+    luminance = np.asarray(rgba.convert("L"), dtype=np.float64)
+    dark = alpha.sum() > 0 and float(np.average(luminance, weights=alpha)) < 127.5
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if dark else (0, 0, 0, 255))
+    return Image.alpha_composite(background, rgba)
 
 
 def _should_invert(array: np.ndarray, invert: bool | str) -> bool:
