@@ -525,12 +525,17 @@ def test_more_threads_than_cores_is_said(tmp_path: Path):
 def test_run_and_sweep_directories_typed_with_a_tilde_are_made_in_the_home_directory(tmp_path: Path,
                                                                                      monkeypatch: pytest.MonkeyPatch):
     """Hydra reads a ~ only in quotes, where the shell leaves it alone: Hydra made a folder named ~ in the
-    working directory."""
+    working directory. (And what fmnist adds to the command line went after a trailing flag: argparse's
+    'unrecognized arguments'.)"""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (work := tmp_path / "work").mkdir()
     cli("fmnist-train", "model=mlp", *FAST, "hydra.run.dir='~/runs/a'", cwd=work)
     assert json.loads((tmp_path / "home" / "runs" / "a" / "metrics.json").read_text())["status"] == "completed"
-    cli("fmnist-train", "--multirun", "model=mlp", *FAST, "hydra.sweep.dir='~/sweep'", "hydra/launcher=basic",
+    # a flag after the overrides, as people type it: what fmnist adds must join the overrides, not follow the flag
+    cli("fmnist-train", "model=mlp", *FAST, "hydra.sweep.dir='~/sweep'", "hydra/launcher=basic", "--multirun",
         cwd=work)
     assert (tmp_path / "home" / "sweep" / "0" / "best.pt").is_file()
     assert list(work.iterdir()) == []
+    cli("fmnist-train", "epochs=3", f"resume={tmp_path / 'home' / 'runs' / 'a'}", "--run", cwd=work)  # adds two
+    metrics = json.loads((tmp_path / "home" / "runs" / "a" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3 and list(work.iterdir()) == []

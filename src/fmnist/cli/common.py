@@ -196,8 +196,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                     return
                 if args.config_dir and Path(args.config_dir).is_dir():
                     add_config_dir(args.config_dir)
-                _ADDED.clear()
-                args.overrides += _added(_home_dirs(args.overrides))  # what every check below reads too
+                _TYPED[:] = sys.argv[1:]
+                args.overrides += _added(_home_dirs(args.overrides), args.overrides)  # what the checks read too
                 named = args.config_name  # another command's config: every error would be worded for this one's
                 if (named and named != config_name and not args.config_dir
                         and (Path(CONFIG_DIR) / f"{named}.yaml").is_file()):
@@ -213,7 +213,7 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                         added = place(checked[0], args.overrides)
                     except UserError as exc:
                         fail(prog, str(exc))
-                    _added(added)
+                    _added(added, args.overrides)
                 if args.multirun and (error := launcher_error(args.overrides)):
                     fail(prog, error)
                 if before_run is not None:
@@ -383,14 +383,16 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
                 fail(prog, f"{exc}{where}")
 
 
-_ADDED: list[str] = []  # overrides that fmnist appended to the command line
+_TYPED: list[str] = []  # the command line's arguments as typed, before fmnist added overrides for Hydra
 
 
-def _added(overrides: list[str]) -> list[str]:
-    """Append overrides to the command line Hydra reads, as fmnist's own: after every typed one (the last
-    wins), and apart from them where the command is recorded as typed."""
-    _ADDED.extend(overrides)
-    sys.argv += overrides
+def _added(overrides: list[str], after: list[str]) -> list[str]:
+    """Add overrides to the command line Hydra reads, right after the last of the overrides it has (`after`), so
+    that they win: not at its end, since Hydra's parser takes the overrides as one run of words (`model=mlp
+    --multirun x=1` is 'unrecognized arguments: x=1')."""
+    at = max((i for i, word in enumerate(sys.argv) if word == after[-1]), default=len(sys.argv) - 1) + 1 if after \
+        else len(sys.argv)
+    sys.argv[at:at] = overrides
     return overrides
 
 
@@ -407,7 +409,7 @@ def _home_dirs(overrides: list[str]) -> list[str]:
 
 def typed_args() -> list[str]:
     """The command line's arguments as the user typed them, without those fmnist added for Hydra."""
-    return sys.argv[1:len(sys.argv) - len(_ADDED)]
+    return list(_TYPED)
 
 
 def typed_dir(overrides: list[str], key: str = "hydra.run.dir") -> str | None:
