@@ -390,8 +390,9 @@ def _added(overrides: list[str], after: list[str]) -> list[str]:
     """Add overrides to the command line Hydra reads, right after the last of the overrides it has (`after`), so
     that they win: not at its end, since Hydra's parser takes the overrides as one run of words (`model=mlp
     --multirun x=1` is 'unrecognized arguments: x=1')."""
-    at = max((i for i, word in enumerate(sys.argv) if word == after[-1]), default=len(sys.argv) - 1) + 1 if after \
-        else len(sys.argv)
+    at = len(sys.argv)
+    if after:  # the overrides are one run of words in argv: it ends at the last of them
+        at = max(i for i, word in enumerate(sys.argv) if word == after[-1]) + 1
     sys.argv[at:at] = overrides
     return overrides
 

@@ -30,7 +30,12 @@ def add_config_dir(path: str) -> None:
 
 def group_options(group: str) -> list[str]:
     """The options conf/ (and a --config-dir) has for a config group (its folder's files), sorted."""
-    return sorted({p.stem for d in (Path(CONFIG_DIR), *_USER_DIRS) for p in (d / group).glob("*.yaml")})
+    return sorted({p.stem for p in _group_files(group, tuple(_USER_DIRS))})
+
+
+def _group_files(group: str, user_dirs: tuple[Path, ...]) -> list[Path]:
+    """The option files of a config group in conf/ and in `user_dirs`."""
+    return [p for d in (Path(CONFIG_DIR), *user_dirs) for p in (d / group).glob("*.yaml")]
 
 
 def sampled_sweep_error(overrides: list[str]) -> str | None:
@@ -231,8 +236,7 @@ def _known_keys(config_name: str) -> list[str]:
 
 @cache
 def _keys_of_every_option(config_name: str, user_dirs: tuple[Path, ...]) -> list[str]:
-    return _config_keys(config_name, lambda group: [p for d in (Path(CONFIG_DIR), *user_dirs)
-                                                    for p in (d / group).glob("*.yaml")])
+    return _config_keys(config_name, lambda group: _group_files(group, user_dirs))
 
 
 def override_parts(override: str) -> tuple[str, str]:

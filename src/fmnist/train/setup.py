@@ -117,12 +117,8 @@ def _check_model_class(cfg: TrainConfig) -> None:
                         f"{', '.join(f'model.{k}' for k in settings) or 'none'}") from None
     except ValueError:  # no signature to read (a builtin): instantiate will say
         return
-    try:
-        with torch.device("meta"):
-            model = instantiate(cfg.model, **_model_kwargs(cfg))
-    except Exception:  # see above
-        model = _make("model", cfg.model, **_model_kwargs(cfg))
-    _trainable(model, target)
+    if _meta_model(cfg) is None:  # see above: a UserError there is raised again by the build for real
+        build_model(cfg)
 
 
 def _meta_model(cfg: TrainConfig) -> Classifier | None:
