@@ -510,7 +510,7 @@ def test_a_final_test_with_flips_the_training_never_showed_says_so(tmp_path: Pat
 
 
 def test_more_threads_than_cores_is_said(tmp_path: Path):
-    """threads=99 on 2 cores trained the cnn at 53 samples/s (threads=auto: 2,168), with no word of why."""
+    """threads=99 on 2 cores trained the cnn at 55 samples/s (threads=auto: 1,855), with no word of why."""
     from fmnist.config import usable_cores
 
     cores = usable_cores()
