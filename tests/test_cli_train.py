@@ -106,6 +106,8 @@ def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...
     ("hydra.run.dir=/proc/fmnist-cannot-be-here", "/proc/fmnist-cannot-be-here"),
     ("hydra.run.dir=/etc/passwd/run", "cannot use /etc/passwd/run as a directory: a file is in the way"),
     ("resume='~nobody_fmnist/run'", "resume=~nobody_fmnist/run: there is no checkpoint at ~nobody_fmnist/run"),
+    ("dataset.image_size=14", "dataset.image_size=14 does not describe Fashion-MNIST, whose images are 1x28x28 (they "
+                              "are used as they are, not resized): leave dataset.image_size at 28"),
 ])
 def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected: str):
     proc = cli("fmnist-train", override, cwd=tmp_path, check=False)
@@ -200,6 +202,9 @@ def test_a_key_added_where_fmnist_reads_key_by_key_is_refused(tmp_path: Path):
     ("train", ["-m", "model=mlp,cnn", "batch_size=0"], 2),
     ("train", ["experiment=fashion_speedrun", "model=cnn"], 2), ("train", ["resume=nowhere"], 2),
     ("predict", ["--version"], 0),
+    ("train", ["dataset=cifar10", "dataset.channels=1", "dataset.mean=[0.5]", "dataset.std=[0.5]"], 2),
+    ("train", ["dataset.num_classes=2", "dataset.classes=[a,b]"], 2),  # refused once the labels were read
+    ("train", ["-m", "model=mlp,cnn", "dataset.image_size=32"], 2),
 ])
 def test_help_cfg_and_config_errors_need_neither_torch_nor_a_run_directory(tmp_path: Path, tool: str,
                                                                          args: list[str], code: int):

@@ -32,7 +32,7 @@ from fmnist.cli.common import (
 )
 from fmnist.cli.overrides import app_groups, override_parts
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
-from fmnist.data.layout import find_data
+from fmnist.data.layout import check_described, find_data
 from fmnist.errors import UserError
 from fmnist.paths import quoted_override, sweep_dir
 from fmnist.world import current_world
@@ -42,7 +42,9 @@ log = logging.getLogger("fmnist")
 
 def checked(cfg: DictConfig) -> TrainConfig:
     """The validated settings, for as many processes as this run has."""
-    return check_world(train_config(cfg), current_world())
+    settings = check_world(train_config(cfg), current_world())
+    check_described(settings.dataset)
+    return settings
 
 
 def checked_before_run(cfg: DictConfig) -> TrainConfig:

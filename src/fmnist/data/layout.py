@@ -19,19 +19,23 @@ from fmnist.paths import user_path
 
 @dataclass(frozen=True)
 class Layout:
-    """A dataset's files: `folder` under the data root holds `files`; with `packed`, each may be its `.gz`."""
+    """A dataset's files: `folder` under the data root holds `files`; with `packed`, each may be its `.gz`.
+    Their images are `channels` x `size` x `size`, labelled 0..classes-1."""
 
     title: str
     folder: str
     files: tuple[str, ...]
     url: str
     packed: bool
+    channels: int
+    size: int
+    classes: int
 
 
 def _idx(title: str, folder: str, url: str) -> Layout:
     files = tuple(f"{split}-{kind}-idx{dims}-ubyte" for split in ("train", "t10k")
                   for kind, dims in (("images", 3), ("labels", 1)))
-    return Layout(title, f"{folder}/raw", files, url, packed=True)
+    return Layout(title, f"{folder}/raw", files, url, packed=True, channels=1, size=28, classes=10)
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -40,7 +44,8 @@ LAYOUTS: dict[str, Layout] = {
                     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
     "cifar10": Layout("CIFAR-10", "cifar-10-batches-py",
                       (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
-                      "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", packed=False),
+                      "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", packed=False, channels=3, size=32,
+                      classes=10),
 }
 
 
@@ -69,6 +74,22 @@ def not_found(layout: Layout, root: Path, why: str) -> str:
         f"{why}. Get them from {layout.url} into that folder, or set dataset.root (or FMNIST_DATA) "
         f"to a directory that has {layout.folder}/"
     )
+
+
+def check_described(dataset: DatasetSpec) -> None:
+    """The config's description of a dataset's images and classes is the files': a dataset.image_size or
+    dataset.channels of another (fmnist does not resize), or fewer classes than the labels, would otherwise
+    be refused only once the data is read, with the run begun."""
+    layout = LAYOUTS[dataset.name]
+    for key, given, actual in (("image_size", dataset.image_size, layout.size),
+                               ("channels", dataset.channels, layout.channels)):
+        if given != actual:
+            raise UserError(f"dataset.{key}={given} does not describe {layout.title}, whose images are "
+                            f"{layout.channels}x{layout.size}x{layout.size} (they are used as they are, not "
+                            f"resized): leave dataset.{key} at {actual}")
+    if dataset.num_classes < layout.classes:
+        raise UserError(f"dataset.classes names {dataset.num_classes} classes, but {layout.title} has "
+                        f"{layout.classes} (labels 0..{layout.classes - 1}): name each of them")
 
 
 def find_data(dataset: DatasetSpec) -> None:
