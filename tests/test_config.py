@@ -35,6 +35,9 @@ def test_default_config_is_valid():
     ("data.loader=dali", "data.loader='dali' is not valid: expected tensor or torchvision"),
     ("compile=jit", "compile='jit' is not valid: expected auto, none, torch or cudagraph"),
     ("threads=0", "threads=0 is not valid"),
+    ("seed=null", "seed=null is not valid"),  # was seed=None, Python's word for what the user wrote
+    ("device=true", "device=true is not valid"),
+    ("model.hidden=[64,null]", "model.hidden=[64,null] is not valid"),
 ])
 def test_bad_values_are_named(override: str, expected: str):
     with pytest.raises(UserError) as info:

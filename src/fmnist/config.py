@@ -301,6 +301,16 @@ PREDICT_RULES: tuple[Rule, ...] = INSPECT_RULES + (
 )
 
 
+def _as_written(value: Any) -> str:
+    """A value as an override writes it (seed=null, not seed=None); text quoted, so that optimizer.lr='1e-3'
+    shows why it is refused."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return f"[{','.join(map(_as_written, value))}]"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
     """Check every rule, then the combinations; raise UserError for the first problem found."""
     for rule in rules:
@@ -315,7 +325,7 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
         if isinstance(value, DictConfig) or OmegaConf.is_config(value):
             value = OmegaConf.to_container(value)
         if not rule.ok(value):
-            raise UserError(f"{rule.key}={value!r} is not valid: expected {rule.allowed}")
+            raise UserError(f"{rule.key}={_as_written(value)} is not valid: expected {rule.allowed}")
     if rules is TRAIN_RULES:
         _check_fixed_keys(cfg)
         _check_train_combinations(cfg)
