@@ -172,6 +172,22 @@ def test_resume_alone_continues_the_run_as_it_was(tmp_path: Path):
     assert proc.stderr.startswith("fmnist-train: error: experiment cannot change in a resumed run"), proc.stderr
 
 
+def test_resume_latest_continues_the_newest_run_under_outputs(tmp_path: Path):
+    """What `ckpt=` left out means to fmnist-eval, for a resume: no run directory to copy from the log."""
+    proc = cli("fmnist-train", "resume=latest", cwd=tmp_path, check=False)
+    assert one_line_error(proc).endswith("resume=latest: no run with a last.pt under outputs/ or multirun/ here; give its "
+                                             "directory, resume=RUN_DIR")
+    assert list(tmp_path.iterdir()) == []
+    for seed in ("1", "2"):
+        cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", f"seed={seed}", cwd=tmp_path)
+    older, newer = sorted((tmp_path / "outputs").glob("*/*"), key=lambda d: (d / "last.pt").stat().st_mtime)
+    proc = cli("fmnist-train", "resume=latest", "epochs=2", "progress=false", cwd=tmp_path)
+    assert proc.stdout.strip().splitlines()[-1].endswith(f"artifacts in {newer.absolute()}"), proc.stdout
+    assert [len(json.loads((d / "metrics.json").read_text())["history"]) for d in (older, newer)] == [1, 2]
+    assert load_checkpoint(newer / "last.pt")["config"]["seed"] == 2
+    assert sorted((tmp_path / "outputs").glob("*/*")) == sorted([older, newer])
+
+
 def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path: Path):
     """A one-cycle schedule cannot be stepped past its end: resuming for more epochs is refused before anything
     runs, and the completed run keeps its files, its log and its status (it did not fail)."""

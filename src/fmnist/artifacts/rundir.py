@@ -59,12 +59,19 @@ log = logging.getLogger("fmnist")
 
 
 def resume_source(setting: str | None, out_dir: Path) -> Path | None:
-    """resume=auto: this run directory's last.pt if there is one; resume=PATH: a checkpoint or a run dir."""
+    """resume=auto: this run directory's last.pt if there is one; resume=latest: the last.pt written last
+    under the output directories (./latest names a path); resume=PATH: a checkpoint or a run dir."""
     if not setting:
         return None
     if setting == "auto":
         candidate = out_dir / LAST
         return candidate if candidate.is_file() else None
+    if setting == "latest":
+        found = list(_run_checkpoints(tuple(user_path(d) for d in OUTPUT_DIRS), LAST))
+        if not found:
+            raise UserError(f"resume=latest: no run with a {LAST} under {' or '.join(f'{d}/' for d in OUTPUT_DIRS)} "
+                            f"here; give its directory, resume=RUN_DIR")
+        return max(found, key=lambda p: p.stat().st_mtime).absolute()
     path = user_path(setting)
     path = path / LAST if path.is_dir() else path
     if not path.is_file():
@@ -300,9 +307,9 @@ def check_some_checkpoint(search_dirs: tuple[Path, ...] = OUTPUT_DIRS) -> None:
         raise _no_trained_model(search_dirs)
 
 
-def _run_checkpoints(search_dirs: tuple[Path, ...]) -> Iterator[Path]:
+def _run_checkpoints(search_dirs: tuple[Path, ...], name: str = BEST) -> Iterator[Path]:
     # A run directory holds metrics.json beside best.pt (a tracker's copy of best.pt, in mlartifacts/, does not).
-    return (p for d in search_dirs if d.is_dir() for p in d.rglob(BEST) if (p.parent / METRICS_JSON).is_file())
+    return (p for d in search_dirs if d.is_dir() for p in d.rglob(name) if (p.parent / METRICS_JSON).is_file())
 
 
 def _no_trained_model(search_dirs: tuple[Path, ...]) -> UserError:
