@@ -175,8 +175,8 @@ def test_resume_alone_continues_the_run_as_it_was(tmp_path: Path):
 def test_resume_latest_continues_the_newest_run_under_outputs(tmp_path: Path):
     """What `ckpt=` left out means to fmnist-eval, for a resume: no run directory to copy from the log."""
     proc = cli("fmnist-train", "resume=latest", cwd=tmp_path, check=False)
-    assert one_line_error(proc).endswith("resume=latest: no run with a last.pt under outputs/ or multirun/ here; give its "
-                                             "directory, resume=RUN_DIR")
+    assert one_line_error(proc).endswith("resume=latest: no run with a last.pt under outputs/ or multirun/ here; "
+                                         "give its directory, resume=RUN_DIR")
     assert list(tmp_path.iterdir()) == []
     for seed in ("1", "2"):
         cli("fmnist-train", *RECIPE[:2], "epochs=1", "progress=false", f"seed={seed}", cwd=tmp_path)

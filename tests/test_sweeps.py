@@ -135,6 +135,9 @@ def test_long_floats_are_shown_short_and_other_overrides_as_they_are():
                     "optimizer.lr=0.00001234567 optimizer.lr=1e-3 tta=flip") == \
         "optimizer.lr=1e12 model=mlp batch_size=1000000 model.dropout=0.3059 optimizer.lr=1.235e-5 " \
         "optimizer.lr=1e-3 tta=flip"
+    # Hydra's sweeper records a job's true, false and null in Python's words (progress=False)
+    assert readable("progress=False dataset.augment.hflip=True resume=None") == \
+        "progress=false dataset.augment.hflip=true resume=null"
 
 
 def test_runs_started_together_never_share_a_directory(tmp_path: Path):

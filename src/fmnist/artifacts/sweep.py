@@ -231,11 +231,17 @@ def _markdown(rows: list[dict[str, Any]], common: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_HYDRA_WORDS = {"True": "true", "False": "false", "None": "null"}
+
+
 def readable(overrides: str) -> str:
     """Overrides with a sampler's long floats to four significant digits (optimizer.lr=0.0005611516415334506 ->
-    0.0005612), where a person reads them; the CSV and each job's .hydra/overrides.yaml keep them exact."""
+    0.0005612), and Hydra's record of true, false and null (in Python's words: progress=False) as typed, where a
+    person reads them; the CSV and each job's .hydra/overrides.yaml keep them exact."""
     def short(override: str) -> str:
         key, _, value = override.partition("=")
+        if value in _HYDRA_WORDS:
+            return f"{key}={_HYDRA_WORDS[value]}"
         try:
             number = float(value)
         except ValueError:
