@@ -96,6 +96,15 @@ def test_a_combination_that_does_not_compose_is_refused_before_any_job_runs(tmp_
     ("fmnist-train", ("scheduler=none,cosine", "compile=cudagraph,none"),
      "compile=cudagraph replays a fixed learning rate"),  # a combination, in a job of the grid
     ("fmnist-predict", ("ckpt=missing.pt", "index=0,-1"), "index=-1 is not valid"),
+    # glob() lists a group's options through Hydra's config loader ("ConfigLoader is not set", every glob)
+    ("fmnist-train", ("model=glob(*,exclude=[bn_*,cnn,mlp])", "batch_size=0"),
+     "batch_size=0 is not valid: expected an integer in [1, 2^31) (in the sweep's job model=feedforward)"),
+    # a sweep of no jobs: a folder left, exit 0
+    ("fmnist-train", ("model=glob(res*)",), "model=glob(res*) matches none of model's options: bn_cnn, bn_cnn_wide, "
+                                            "cnn, feedforward, mlp, speednet"),
+    ("fmnist-train", ("optimizer.lr=glob(*)",), "optimizer.lr=glob(*): glob() picks among a config group's options "
+                                                "(model=glob(*)); optimizer.lr is a setting: list its values"),
+    ("fmnist-train", ("epochs=range(3,3)",), "epochs=range(3,3) sweeps no values"),
 ])
 def test_a_value_that_a_job_cannot_run_with_is_refused_before_the_sweep_starts(tmp_path: Path, tool: str,
                                                                               args: tuple[str, ...], says: str):

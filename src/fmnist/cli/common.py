@@ -48,6 +48,7 @@ from fmnist.cli.overrides import (
     add_config_dir,
     app_groups,
     composition_error,
+    empty_sweep_error,
     group_options,
     group_value_error,
     launcher_error,
@@ -357,20 +358,25 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
     first job, with that value in it): as many composes as values, not as jobs. A combination that only some
     jobs refuse is still each job's own failure. Sweeps that Optuna samples are left to their trials."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     search = _search_path(args)
     if not args.multirun or _only_shows(args) or search is None:
         return
-    parsed = OverridesParser.create().parse_overrides(args.overrides)
-    if any(o.get_key_element().lstrip("+~") in ("hparams_search", "hydra/sweeper") or
-           (o.is_sweep_override() and not o.is_discrete_sweep()) for o in parsed):
-        return
-    values = [[v for [v] in BasicSweeper.split_arguments([o], None)[0]] for o in parsed]  # per override: [k=a, k=b]
-    first = [each[0] for each in values]
-    jobs = [first] + [[*first[:i], value, *first[i + 1:]] for i, each in enumerate(values) for value in each[1:]]
-    swept = [i for i, each in enumerate(values) if len(each) > 1]
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        # The config loader lists a group's options for glob(): model=glob(*) sweeps every model
+        parsed = OverridesParser.create(GlobalHydra.instance().config_loader()).parse_overrides(args.overrides)
+        if any(o.get_key_element().lstrip("+~") in ("hparams_search", "hydra/sweeper") or
+               (o.is_sweep_override() and not o.is_discrete_sweep()) for o in parsed):
+            return
+        values = [[v for [v] in BasicSweeper.split_arguments([o], None)[0]] for o in parsed]  # per override: [k=a, k=b]
+        for override, each in zip(parsed, values, strict=True):
+            if not each:
+                fail(prog, empty_sweep_error(str(override.input_line), override.get_key_element(), config_name))
+        first = [each[0] for each in values]
+        jobs = [first] + [[*first[:i], value, *first[i + 1:]] for i, each in enumerate(values) for value in each[1:]]
+        swept = [i for i, each in enumerate(values) if len(each) > 1]
         for job in jobs:
             try:
                 cfg = hydra.compose(config_name=config_name, overrides=[*job, *search])

@@ -50,6 +50,17 @@ def sampled_sweep_error(overrides: list[str]) -> str | None:
     return None
 
 
+def empty_sweep_error(override: str, key: str, config_name: str) -> str:
+    """A swept value that makes no job (a glob that matches no option, or over a setting, which has none; an
+    empty range): Hydra would launch a sweep of no jobs and exit 0."""
+    if key in app_groups(config_name):
+        return f"{override} matches none of {key}'s options: {', '.join(group_options(key))}"
+    if "glob(" in override:
+        return (f"{override}: glob() picks among a config group's options (model=glob(*)); {key} is a setting: "
+                f"list its values, {key}=A,B")
+    return f"{override} sweeps no values"
+
+
 def launcher_error(overrides: list[str]) -> str | None:
     """What a launcher would raise as a traceback once the sweep's folder exists: the joblib launcher's n_jobs=0,
     the SLURM launcher on a machine without SLURM (submitit looks for `srun`, as here)."""
