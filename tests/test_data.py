@@ -89,6 +89,47 @@ def test_missing_cifar_after_failed_download_explains(tmp_path: Path, monkeypatc
         load_tensors(cfg.dataset, train=True)
 
 
+def test_a_cifar_archive_in_the_root_is_unpacked_if_official_and_never_written_over(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch):
+    """What the error tells a user without the data to do: put cifar-10-python.tar.gz in the root. The official
+    archive is unpacked offline; any other (a re-packed copy) is refused, where torchvision would download the
+    official one over it."""
+    import hashlib
+    import tarfile
+    import urllib.request
+
+    from helpers import write_cifar
+
+    from fmnist.data import sources
+
+    def offline(*args, **kwargs):
+        raise AssertionError("nothing is to be fetched")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    write_cifar(tmp_path / "made", seed=5)
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "made" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    content = archive.read_bytes()
+    lines: list[str] = []
+    with pytest.raises(UserError) as info:
+        sources.download("cifar10", root, announce=lines.append)
+    assert f"{archive} is not the official archive (its md5 differs), which a download would write over. Get " \
+           f"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack it in {root} (tar -xzf " \
+           f"cifar-10-python.tar.gz -C {root})" in str(info.value)
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-python.tar.gz"] and archive.read_bytes() == content
+    official = hashlib.md5(content).hexdigest()  # as if it were the official one
+    monkeypatch.setattr(sources.LocalCIFAR10, "tgz_md5", official)
+    monkeypatch.setitem(sources.SOURCES["cifar10"].md5, "cifar-10-python.tar.gz", official)
+    sources.download("cifar10", root, announce=lines.append)
+    assert lines == [f"CIFAR-10: unpacking {archive} (official: its md5 checked)"]
+    images, labels = load_tensors(settings("dataset=cifar10", f"dataset.root={root}").dataset, train=True)
+    expected, expected_labels = make_images(N_TRAIN["cifar"], 32, 3, seed=5)
+    assert torch.equal(images, torch.from_numpy(expected)) and torch.equal(labels, torch.from_numpy(expected_labels))
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_failed_download_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool):
     """A mistyped dataset.root, offline: the error names the folder; the folders torchvision made for the download

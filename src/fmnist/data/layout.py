@@ -31,6 +31,11 @@ class Layout:
     size: int
     classes: int
 
+    @property
+    def archive(self) -> str | None:
+        """The file `url` names where it is one archive of every file (CIFAR-10's), unpacked into the root."""
+        return self.url.rsplit("/", 1)[1] if self.url.endswith(".tar.gz") else None
+
 
 def _idx(title: str, folder: str, url: str) -> Layout:
     files = tuple(f"{split}-{kind}-idx{dims}-ubyte" for split in ("train", "t10k")
@@ -69,10 +74,11 @@ def missing_files(layout: Layout, root: Path) -> list[str]:
 def not_found(layout: Layout, root: Path, why: str) -> str:
     """What is missing where, why it was not fetched, and where to get it."""
     packed = " (.gz or unpacked)" if layout.packed else ""
+    get = (f"Get {layout.url} and unpack it in {root} (tar -xzf {layout.archive} -C {root})" if layout.archive
+           else f"Get them from {layout.url} into that folder")
     return (
         f"{layout.title} not found: {root / layout.folder} needs {', '.join(missing_files(layout, root))}{packed}; "
-        f"{why}. Get them from {layout.url} into that folder, or set dataset.root (or FMNIST_DATA) "
-        f"to a directory that has {layout.folder}/"
+        f"{why}. {get}, or set dataset.root (or FMNIST_DATA) to a directory that has {layout.folder}/"
     )
 
 

@@ -127,7 +127,7 @@ class Source:
 SOURCES: dict[str, Source] = {
     "mnist": Source(LAYOUTS["mnist"], MNIST, dict(MNIST.resources)),
     "fashion": Source(LAYOUTS["fashion"], FashionMNIST, dict(FashionMNIST.resources)),
-    "cifar10": Source(LAYOUTS["cifar10"], LocalCIFAR10, {}),
+    "cifar10": Source(LAYOUTS["cifar10"], LocalCIFAR10, {CIFAR10.filename: CIFAR10.tgz_md5}),
 }
 
 
@@ -296,11 +296,20 @@ def _download(source: Source, root: Path, allowed: bool, announce: Callable[[str
             _tidy(made)
             raise _download_failed(source, root, exc) from None
         if missing_files(source.layout, root):  # else fetched by the process this one waited for
-            announce(f"{source.title} not found under {root}: downloading it (checksums verified)")
+            archive = root / source.layout.archive if source.layout.archive else None
             try:
-                # Constructing the dataset with download=True fetches, verifies and unpacks every split.
+                if archive is not None and archive.is_file():
+                    _check_archive(source, archive)
+                    announce(f"{source.title}: unpacking {archive} (official: its md5 checked)")
+                else:
+                    announce(f"{source.title} not found under {root}: downloading it (checksums verified)")
+                # Constructing the dataset with download=True fetches, verifies and unpacks every split (an
+                # official archive already in the root is verified and unpacked, offline).
                 with _sockets_time_out(STALL_SECONDS):
                     source.cls(str(root), train=True, download=True)
+            except UserError:
+                _tidy(made, lock if lock_made else None)
+                raise
             except (RuntimeError, URLError, OSError) as exc:
                 _tidy(made, lock if lock_made else None)
                 raise _download_failed(source, root, exc) from None
@@ -319,6 +328,18 @@ def _tidy(made: list[Path], lock: Path | None = None) -> None:
 
 def _download_failed(source: Source, root: Path, exc: BaseException) -> UserError:
     return UserError(not_found(source.layout, root, f"the download failed ({one_line(exc)})"))
+
+
+def _check_archive(source: Source, archive: Path) -> None:
+    """An archive of the dataset in the root that is not the official one (a re-packed copy): torchvision would
+    download the official one over it."""
+    size = archive.stat().st_size
+    with open(archive, "rb") as f:
+        official = size <= MAX_DATA_FILE_BYTES and hashlib.file_digest(f, "md5").hexdigest() == source.md5.get(
+            archive.name)
+    if not official:
+        raise UserError(not_found(source.layout, archive.parent, f"{archive} is not the official archive (its md5 "
+                                                                 f"differs), which a download would write over"))
 
 
 @contextlib.contextmanager
