@@ -356,6 +356,24 @@ def test_missing_dataset_offline_says_what_and_where(tmp_path: Path):
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run directory
 
 
+def test_files_beside_the_folder_they_belong_in_are_pointed_to_not_downloaded(tmp_path: Path):
+    """dataset.root naming the raw folder itself, or the files without MNIST/raw/ around them: said so, before
+    any download (one would fetch what is here)."""
+    from helpers import write_mnist_like
+
+    write_mnist_like(tmp_path / "data", "MNIST", seed=1)
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    proc = cli("fmnist-train", "dataset=mnist", f"dataset.root={raw}", cwd=tmp_path, check=False)
+    assert one_line_error(proc).endswith(f"(.gz or unpacked); dataset.root names the files' own folder: set "
+                                         f"dataset.root={tmp_path / 'data'}, which holds MNIST/raw/")
+    shutil.move(raw, tmp_path / "flat")
+    proc = cli("fmnist-train", "dataset=mnist", f"dataset.root={tmp_path / 'flat'}", cwd=tmp_path, check=False)
+    assert one_line_error(proc).endswith(f"they are in {tmp_path / 'flat'}: move them into "
+                                         f"{tmp_path / 'flat' / 'MNIST' / 'raw'}")
+    assert "download" not in proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "flat"]
+
+
 def test_paths_typed_are_read_from_where_the_command_started_under_hydra_job_chdir(tmp_path: Path):
     """hydra.job.chdir=true moves the job into its run directory: dataset.root=data (typed relative to the shell)
     was then looked for inside the run directory, after the check before the run had found it."""

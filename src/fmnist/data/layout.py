@@ -71,15 +71,31 @@ def missing_files(layout: Layout, root: Path) -> list[str]:
             if not (folder / name).is_file() and not (layout.packed and (folder / f"{name}.gz").is_file())]
 
 
+def misplaced(layout: Layout, root: Path) -> str | None:
+    """Where the files are, when they are beside the folder they belong in: dataset.root naming that folder
+    itself (~/data/MNIST/raw), or the files straight in the root or in MNIST/ without raw/."""
+    top = root / Path(layout.folder).parts[0]
+    for place in dict.fromkeys((root, top)):
+        if place != root / layout.folder and any(
+                (place / name).is_file() or (layout.packed and (place / f"{name}.gz").is_file())
+                for name in layout.files):
+            if place == root and root.parts[-len(Path(layout.folder).parts):] == Path(layout.folder).parts:
+                holder = root.parents[len(Path(layout.folder).parts) - 1]
+                return (f"dataset.root names the files' own folder: set dataset.root={holder}, which holds "
+                        f"{layout.folder}/")
+            return f"they are in {place}: move them into {root / layout.folder}"
+    return None
+
+
 def not_found(layout: Layout, root: Path, why: str) -> str:
-    """What is missing where, why it was not fetched, and where to get it."""
+    """What is missing where, and why it was not fetched and where to get it, or where the files are instead."""
     packed = " (.gz or unpacked)" if layout.packed else ""
+    missing = f"{layout.title} not found: {root / layout.folder} needs {', '.join(missing_files(layout, root))}{packed}"
+    if hint := misplaced(layout, root):
+        return f"{missing}; {hint}"
     get = (f"Get {layout.url} and unpack it in {root} (tar -xzf {layout.archive} -C {root})" if layout.archive
            else f"Get them from {layout.url} into that folder")
-    return (
-        f"{layout.title} not found: {root / layout.folder} needs {', '.join(missing_files(layout, root))}{packed}; "
-        f"{why}. {get}, or set dataset.root (or FMNIST_DATA) to a directory that has {layout.folder}/"
-    )
+    return f"{missing}; {why}. {get}, or set dataset.root (or FMNIST_DATA) to a directory that has {layout.folder}/"
 
 
 def check_described(dataset: DatasetSpec) -> None:
@@ -104,7 +120,7 @@ def find_data(dataset: DatasetSpec) -> None:
     layout, root = LAYOUTS[dataset.name], data_root(dataset.root)
     if not missing_files(layout, root):
         return
-    if not dataset.download:
+    if not dataset.download or misplaced(layout, root):  # no download of what is here already
         raise UserError(not_found(layout, root, "dataset.download=false"))
     from fmnist.data.sources import download
 
