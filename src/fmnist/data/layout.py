@@ -64,27 +64,28 @@ def data_root(root: str | None) -> Path:
     return user_path(root) if root else cache_dir() / "data"
 
 
+def _holds(layout: Layout, folder: Path, name: str) -> bool:
+    """Whether `folder` has the file `name` (for a packed layout, unpacked or as .gz)."""
+    return (folder / name).is_file() or (layout.packed and (folder / f"{name}.gz").is_file())
+
+
 def missing_files(layout: Layout, root: Path) -> list[str]:
-    """The files of `layout` not under `root` (for a packed layout, neither unpacked nor as .gz)."""
-    folder = root / layout.folder
-    return [name for name in layout.files
-            if not (folder / name).is_file() and not (layout.packed and (folder / f"{name}.gz").is_file())]
+    """The files of `layout` not under `root`."""
+    return [name for name in layout.files if not _holds(layout, root / layout.folder, name)]
 
 
 def misplaced(layout: Layout, root: Path) -> str | None:
     """Where the files are, when they are beside the folder they belong in: dataset.root naming that folder
     itself (~/data/MNIST/raw), or the files straight in the root or in MNIST/ without raw/."""
-    top = root / Path(layout.folder).parts[0]
-    for place in dict.fromkeys((root, top)):
-        if place != root / layout.folder and any(
-                (place / name).is_file() or (layout.packed and (place / f"{name}.gz").is_file())
-                for name in layout.files):
-            if place == root and root.parts[-len(Path(layout.folder).parts):] == Path(layout.folder).parts:
-                holder = root.parents[len(Path(layout.folder).parts) - 1]
-                return (f"dataset.root names the files' own folder: set dataset.root={holder}, which holds "
-                        f"{layout.folder}/")
-            return f"they are in {place}: move them into {root / layout.folder}"
-    return None
+    parts = Path(layout.folder).parts
+    places = [p for p in dict.fromkeys((root, root / parts[0])) if p != root / layout.folder]
+    place = next((p for p in places if any(_holds(layout, p, name) for name in layout.files)), None)
+    if place is None:
+        return None
+    if place == root and root.parts[-len(parts):] == parts:
+        return (f"dataset.root names the files' own folder: set dataset.root={root.parents[len(parts) - 1]}, "
+                f"which holds {layout.folder}/")
+    return f"they are in {place}: move them into {root / layout.folder}"
 
 
 def not_found(layout: Layout, root: Path, why: str) -> str:
