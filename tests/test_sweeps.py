@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -250,6 +251,9 @@ def test_optuna_search_survives_a_crashing_trial(tmp_path: Path):
     assert any(r["status"] == "completed" for r in rows.values())
     assert "Failed experiment" in proc.stdout + proc.stderr  # Optuna was told the trial failed
     assert proc.returncode == 1
+    # The search's last lines as the summary says a job, not Python's reprs ("Best value: 0.9666666666666667")
+    assert "] best trial: optimizer.lr=0.01 optimizer.weight_decay=" in proc.stdout and "Best " not in proc.stdout
+    assert re.search(r"\] best trial's validation accuracy: \d+\.\d\d%\n", proc.stdout), proc.stdout
 
 
 def test_an_interval_for_the_default_sweeper_says_what_samples_it(tmp_path: Path):

@@ -1,9 +1,10 @@
 """Hydra callbacks (named in conf/train.yaml): the sweep summary and page, kept current while a --multirun
-runs; at its end, the sweep's parent run in MLflow is closed. And the sweep's first log line, made readable
-(a logging filter that conf/hydra/hydra_logging names)."""
+runs; at its end, the sweep's parent run in MLflow is closed. And the lines of Hydra's plugins that open and
+close a sweep, made readable (logging filters that conf/hydra/hydra_logging names)."""
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 import shlex
@@ -155,4 +156,27 @@ class JoblibLaunchLine(logging.Filter):
         if said and at_once:
             jobs = int(said.group(2))
             record.msg, record.args = f"launching {jobs} jobs, {min(jobs, int(at_once.group(1)))} at a time", ()
+        return True
+
+
+class OptunaBestLines(logging.Filter):
+    """The Optuna sweeper closes a search with Python's reprs: `Best parameters: {'optimizer.lr':
+    0.0005611516415334506, ...}` and `Best value: 0.8456666666666667`. Said as the summary says a job: overrides,
+    long floats shortened, and the objective, the best validation accuracy, in percent."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from fmnist.artifacts.sweep import readable
+
+        said = re.fullmatch(r"Best (parameters|value): (.*)", record.getMessage(), re.DOTALL)
+        try:
+            found = ast.literal_eval(said.group(2)) if said else None
+        except (ValueError, SyntaxError):
+            return True
+        if isinstance(found, dict):
+            record.msg = "best trial: " + readable(" ".join(f"{key}={value}" for key, value in found.items()))
+        elif isinstance(found, float):
+            record.msg = f"best trial's validation accuracy: {100 * found:.2f}%"
+        else:
+            return True
+        record.args = ()
         return True
