@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from helpers import FAST, cli
+from helpers import FAST, cli, one_line_error
 
 from fmnist.artifacts.tracking import RunInfo, Trackers
 
@@ -156,3 +156,44 @@ def test_a_tracker_failing_mid_run_is_dropped_with_one_warning_and_the_others_go
     assert flaky.epochs == [1] and steady.epochs == [1, 2, 3] and steady.finished == "completed"
     [record] = caplog.records
     assert "logger flaky failed" in record.getMessage() and "No space left on device" in record.getMessage()
+
+
+@needs_mlflow
+def test_a_tracking_server_that_does_not_answer_is_refused_before_the_run(tmp_path: Path):
+    """MLflow's client retried the connection for 4 minutes before the run began, then trained without it."""
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on: connections are refused at once
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    proc = cli("fmnist-train", *TINY, "logger=[csv,mlflow]", f"logger.mlflow.tracking_uri={uri}", cwd=tmp_path,
+               check=False)
+    assert one_line_error(proc) == (f"fmnist-train: error: logger=mlflow: no server answers at "
+                                    f"logger.mlflow.tracking_uri={uri} ([Errno 111] Connection refused): start it or "
+                                    f"correct the URI, or leave mlflow out of logger")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_any_http_answer_counts_as_a_server(tmp_path: Path):
+    """Only an answer is asked for: a status other than 200 (a login, a route of another version) is the server's
+    to give, not a reason to refuse the run."""
+    import http.server
+    import threading
+
+    from fmnist.artifacts.tracking import check_servers
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_servers({"mlflow": {"tracking_uri": f"http://127.0.0.1:{server.server_address[1]}/"}})
+    finally:
+        server.shutdown()
+        server.server_close()
+    check_servers({"mlflow": {"tracking_uri": str(tmp_path / "store")}, "csv": {}})  # no server: nothing asked

@@ -8,10 +8,16 @@ rest of the run, and the run goes on. Checkpoints and the metrics files never de
 
 from __future__ import annotations
 
+import functools
+import http.client
 import logging
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from fmnist.errors import UserError
 
 log = logging.getLogger("fmnist")
 
@@ -103,6 +109,35 @@ class Trackers:
                 reason = " ".join(str(exc).split())[:300] or type(exc).__name__
                 log.warning("logger %s failed and is off for the rest of this run (%s: %s); checkpoints and "
                             "metrics files are not affected", tracker.name, type(exc).__name__, reason)
+
+
+SERVER_ANSWER_SECONDS = 10.0
+
+
+def check_servers(loggers: dict[str, dict[str, Any]]) -> None:
+    """A tracking server that does not answer is refused before the run: MLflow's client retries a connection
+    for about 4 minutes (to ride out a server's rate limits) before the tracker gives up, a wait with nothing
+    to show for it. Any HTTP answer will do (an MLflow server's /health needs no login)."""
+    uri = str((loggers.get("mlflow") or {}).get("tracking_uri") or "")
+    if uri.startswith(("http://", "https://")) and (reason := _no_answer(uri)):
+        raise UserError(f"logger=mlflow: no server answers at logger.mlflow.tracking_uri={uri} ({reason}): start "
+                        f"it or correct the URI, or leave mlflow out of logger")
+
+
+@functools.cache
+def _no_answer(uri: str) -> str | None:
+    """Why nothing answered an HTTP request at uri/health, or None where something did."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_ANSWER_SECONDS).close()
+    except urllib.error.HTTPError:
+        return None  # an HTTP status: a server is there
+    except urllib.error.URLError as exc:
+        return str(exc.reason)
+    except TimeoutError:
+        return f"no answer in {SERVER_ANSWER_SECONDS:.0f} s"
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def make_trackers(loggers: dict[str, dict[str, Any]], run_dir: Path) -> Trackers:

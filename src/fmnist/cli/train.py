@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist.artifacts.rundir import LAST, RunDir, resume_source
+from fmnist.artifacts.tracking import check_servers
 from fmnist.cli.callbacks import finishing_command
 from fmnist.cli.common import (
     end_worker_without_teardown,
@@ -44,6 +45,7 @@ def checked(cfg: DictConfig) -> TrainConfig:
     """The validated settings, for as many processes as this run has."""
     settings = check_world(train_config(cfg), current_world())
     check_described(settings.dataset)
+    check_servers(settings.loggers)
     return settings
 
 
