@@ -9,10 +9,7 @@ rest of the run, and the run goes on. Checkpoints and the metrics files never de
 from __future__ import annotations
 
 import functools
-import http.client
 import logging
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,6 +124,10 @@ def check_servers(loggers: dict[str, dict[str, Any]]) -> None:
 @functools.cache
 def _no_answer(uri: str) -> str | None:
     """Why nothing answered an HTTP request at uri/health, or None where something did."""
+    import http.client  # here: every command imports this module, few ask a server
+    import urllib.error
+    import urllib.request
+
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_ANSWER_SECONDS).close()
     except urllib.error.HTTPError:
