@@ -106,6 +106,12 @@ def test_a_combination_that_does_not_compose_is_refused_before_any_job_runs(tmp_
     ("fmnist-train", ("optimizer.lr=glob(*)",), "optimizer.lr=glob(*): glob() picks among a config group's options "
                                                 "(model=glob(*)); optimizer.lr is a setting: list its values"),
     ("fmnist-train", ("epochs=range(3,3)",), "epochs=range(3,3) sweeps no values"),
+    # every job continued the one run, in its directory, and the summary reported the jobs as not started
+    ("fmnist-train", ("resume=latest", "epochs=2,3"), "resume=latest in a --multirun: a sweep's jobs each continue "
+                                                      "their own run (resume=auto, with the sweep's hydra.sweep.dir)"),
+    # each job found the data missing as it started
+    ("fmnist-train", ("model=mlp,cnn", "dataset=mnist", "dataset.root=nowhere", "dataset.download=false"),
+     "MNIST not found: "),
 ])
 def test_a_value_that_a_job_cannot_run_with_is_refused_before_the_sweep_starts(tmp_path: Path, tool: str,
                                                                               args: tuple[str, ...], says: str):

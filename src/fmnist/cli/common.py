@@ -56,6 +56,7 @@ from fmnist.cli.overrides import (
     other_apps_groups,
     override_parts,
     sampled_sweep_error,
+    sweep_resume_error,
     unparsable_error,
 )
 from fmnist.config import CONFIG_DIR, InspectConfig, PredictConfig
@@ -205,6 +206,8 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                     fail(prog, f"--config-name={named} is fmnist-{named}'s config: run fmnist-{named}, or leave "
                                f"--config-name out")
                 if error := group_value_error(prog, config_name, args.overrides):
+                    fail(prog, error)
+                if args.multirun and (error := sweep_resume_error(args.overrides)):
                     fail(prog, error)
                 checked = _check_single_run(prog, config_name, check, args)
                 if check_job is not None:

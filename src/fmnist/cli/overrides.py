@@ -61,6 +61,17 @@ def empty_sweep_error(override: str, key: str, config_name: str) -> str:
     return f"{override} sweeps no values"
 
 
+def sweep_resume_error(overrides: list[str]) -> str | None:
+    """resume= naming a run in a --multirun: every job would continue that one run, in its directory, the first
+    holding it and the others refused, while the sweep's summary, read from the jobs' own folders, reported
+    each job as not started."""
+    for key, value in map(override_parts, overrides):
+        if key == "resume" and value.strip() not in ("auto", "null"):
+            return (f"resume={value} in a --multirun: a sweep's jobs each continue their own run (resume=auto, with "
+                    f"the sweep's hydra.sweep.dir); continue a run of your own without --multirun")
+    return None
+
+
 def launcher_error(overrides: list[str]) -> str | None:
     """What a launcher would raise as a traceback once the sweep's folder exists: the joblib launcher's n_jobs=0,
     the SLURM launcher on a machine without SLURM (submitit looks for `srun`, as here)."""

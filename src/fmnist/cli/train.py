@@ -49,6 +49,14 @@ def checked(cfg: DictConfig) -> TrainConfig:
     return settings
 
 
+def checked_sweep_job(cfg: DictConfig) -> TrainConfig:
+    """A sweep's job, checked before the sweep starts: its data found too (or fetched once, here), which each job
+    would otherwise have found missing as it started, after the sweep's folder."""
+    settings = checked(cfg)
+    find_data(settings.dataset)
+    return settings
+
+
 def checked_before_run(cfg: DictConfig) -> TrainConfig:
     """A single run's settings, checked before Hydra makes its run directory, and its data found (or fetched):
     a run without its data or the device it names, with a setting only torch refuses (try_config), or resumed
@@ -146,7 +154,7 @@ def sleeping_threads(overrides: list[str]) -> bool:
     return bool(values) and values[-1] != "auto"
 
 
-@hydra_app("fmnist-train", "train", check=checked_before_run, check_job=checked, before_run=join_world,
+@hydra_app("fmnist-train", "train", check=checked_before_run, check_job=checked_sweep_job, before_run=join_world,
            sleeping_threads=sleeping_threads, place=placed)
 def main(cfg: DictConfig) -> float:
     """Train one configuration; returns the best validation accuracy (the objective for sweepers)."""
