@@ -72,11 +72,21 @@ def sweep_resume_error(overrides: list[str]) -> str | None:
     return None
 
 
+CLUSTER_LAUNCHERS = ("slurm", "submitit_slurm")
+
+
+def on_a_cluster(overrides: list[str]) -> bool:
+    """Whether the sweep's jobs run on a cluster's nodes, which may see other files than the machine that
+    submits them."""
+    return any(key == "hydra/launcher" and value.strip() in CLUSTER_LAUNCHERS
+               for key, value in map(override_parts, overrides))
+
+
 def launcher_error(overrides: list[str]) -> str | None:
     """What a launcher would raise as a traceback once the sweep's folder exists: the joblib launcher's n_jobs=0,
     the SLURM launcher on a machine without SLURM (submitit looks for `srun`, as here)."""
     for key, value in map(override_parts, overrides):
-        if key == "hydra/launcher" and value.strip() in ("slurm", "submitit_slurm") and not shutil.which("srun"):
+        if key == "hydra/launcher" and value.strip() in CLUSTER_LAUNCHERS and not shutil.which("srun"):
             return (f"hydra/launcher={value.strip()} submits the jobs to a SLURM cluster, but there is no srun on "
                     "this machine's PATH: run the sweep on the cluster, or leave hydra/launcher out to run it here")
         if key == "hydra.launcher.n_jobs" and value.strip() in ("0", "+0", "-0"):

@@ -31,7 +31,7 @@ from fmnist.cli.common import (
     typed_args,
     typed_dir,
 )
-from fmnist.cli.overrides import app_groups, override_parts
+from fmnist.cli.overrides import app_groups, on_a_cluster, override_parts
 from fmnist.config import TrainConfig, check_world, train_config, usable_cores
 from fmnist.data.layout import check_described, find_data
 from fmnist.errors import UserError
@@ -51,9 +51,11 @@ def checked(cfg: DictConfig) -> TrainConfig:
 
 def checked_sweep_job(cfg: DictConfig) -> TrainConfig:
     """A sweep's job, checked before the sweep starts: its data found too (or fetched once, here), which each job
-    would otherwise have found missing as it started, after the sweep's folder."""
+    would otherwise have found missing as it started, after the sweep's folder. Not where a cluster runs the
+    jobs: its nodes may hold data that the machine submitting them does not."""
     settings = checked(cfg)
-    find_data(settings.dataset)
+    if not on_a_cluster(typed_args()):
+        find_data(settings.dataset)
     return settings
 
 
