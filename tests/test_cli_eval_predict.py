@@ -290,6 +290,11 @@ def test_broken_checkpoints_are_one_line_errors(trained_run: Path, tmp_path: Pat
     assert "lacks class_names" in bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'old.pt'}", cwd=tmp_path)
     assert f"not an fmnist checkpoint: it holds a bare state dict ({len(ckpt['model'])} tensors), without the " \
            "training config" in bad_input_error("fmnist-predict", f"ckpt={tmp_path / 'weights.pt'}", cwd=tmp_path)
+    # torch's format before 1.6 is no zip: it was "not a torch.save archive"
+    torch.save(ckpt["model"], tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert bad_input_error("fmnist-eval", f"ckpt={tmp_path / 'legacy.pt'}", cwd=tmp_path).endswith(
+        "legacy.pt is a torch.save file in the format before torch 1.6, which fmnist does not read (fmnist-train "
+        "writes the zip format)")
 
 
 def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):

@@ -44,6 +44,11 @@ def checkpoint_path(setting: str | Path, announce: bool = False) -> Path:
     return path / BEST
 
 
+# torch.save(..., _use_new_zipfile_serialization=False), torch's format before 1.6: a pickle stream that opens
+# with torch's magic number (protocol 2, a 10-byte long)
+LEGACY_START = b"\x80\x02\x8a\x0a" + 0x1950A86A20F9469CFC6C.to_bytes(10, "little")
+
+
 def check_checkpoint_file(path: str | Path) -> Path:
     """A checkpoint whose container torch.load can read without allocating more than the file holds: a zip
     of uncompressed records, no larger than the file itself.
@@ -59,7 +64,11 @@ def check_checkpoint_file(path: str | Path) -> Path:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable checkpoint (not a torch.save archive: {exc})") from None
+        with open(path, "rb") as f:
+            legacy = f.read(len(LEGACY_START)) == LEGACY_START
+        raise UserError(f"{path} is a torch.save file in the format before torch 1.6, which fmnist does not read "
+                        f"(fmnist-train writes the zip format)" if legacy else
+                        f"{path} is not a readable checkpoint (not a torch.save archive: {exc})") from None
     total = 0
     for record in records:
         if record.compress_type != zipfile.ZIP_STORED or record.file_size != record.compress_size:
