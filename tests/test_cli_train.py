@@ -483,6 +483,9 @@ def test_help_shows_the_config_its_overrides_compose(tmp_path: Path):
     assert "epochs: 7" in out and "pool_before_norm: true" in out and "stem_stride: 1" in out
     assert "in_channels: ${dataset.channels}" in out  # as Hydra prints it: unresolved, unless --resolve
     assert "in_channels: 1" in cli("fmnist-train", "--help", "--resolve", cwd=tmp_path).stdout
+    # a sweep's: its first job's (it was "to train each, sweep them: fmnist-train --multirun", -m given)
+    out = cli("fmnist-train", "-m", "model=mlp,cnn", "epochs=3,4", "--help", cwd=tmp_path).stdout
+    assert "_target_: fmnist.models.MLP" in out and "epochs: 3" in out
     assert not list(tmp_path.iterdir())  # no run directory
 
 

@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import hydra
 from hydra._internal.hydra import Hydra
@@ -38,6 +38,9 @@ from hydra.errors import (
     OverrideParseException,
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 from fmnist import __version__
 from fmnist.artifacts.atomic import check_dir_target, in_the_way
@@ -191,7 +194,7 @@ def hydra_app(prog: str, config_name: str, check: Callable[[DictConfig], Any],
                     # CPU (parallel sweep jobs, a busy laptop) otherwise starve each other. Read when torch loads.
                     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
                 if args.help and not (args.config_path or args.config_name or args.config_dir):
-                    print(_app_help(config_name, args.overrides, args.resolve))
+                    print(_app_help(config_name, args.overrides, args.resolve, args.multirun))
                     return
                 if args.shell_completion and any(o.startswith("query=") for o in args.overrides):
                     print(_own_completions(_captured_stdout(app), config_name))
@@ -274,7 +277,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _app_help(config_name: str, overrides: list[str], resolve: bool) -> str:
+def _app_help(config_name: str, overrides: list[str], resolve: bool, multirun: bool) -> str:
     """The text of Hydra's --help (the app's hydra.help template, its groups, the composed config), made here.
 
     Hydra fills the template by listing the options of every config group twice, its own launchers,
@@ -282,9 +285,12 @@ def _app_help(config_name: str, overrides: list[str], resolve: bool) -> str:
     2-core CPU for a template that shows only the app's groups. Those are the folders of conf/ (plugins add
     groups under hydra/ only), so reading them and composing once gives the same text in a third of the time.
     Only the groups the app's own config chooses from are listed: conf/ also holds the training groups, which
-    fmnist-eval and fmnist-predict take from the checkpoint.
+    fmnist-eval and fmnist-predict take from the checkpoint. With --multirun, the config is its first job's.
     """
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        if multirun:
+            with contextlib.suppress(HydraException):  # a search's interval() has no first value: Hydra says so
+                overrides = [each[0] for _, each in _job_values(overrides) if each]
         cfg = hydra.compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the config when --resolve is given
     template = cfg.hydra.help.template
@@ -360,23 +366,21 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
     sweep's folder and the other jobs. Each value of each swept key is checked once, in a job of the sweep (the
     first job, with that value in it): as many composes as values, not as jobs. A combination that only some
     jobs refuse is still each job's own failure. Sweeps that Optuna samples are left to their trials."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     search = _search_path(args)
     if not args.multirun or _only_shows(args) or search is None:
         return
+    if any(o.get_key_element().lstrip("+~") in ("hparams_search", "hydra/sweeper") or
+           (o.is_sweep_override() and not o.is_discrete_sweep())
+           for o in OverridesParser.create().parse_overrides(args.overrides)):
+        return
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        # The config loader lists a group's options for glob(): model=glob(*) sweeps every model
-        parsed = OverridesParser.create(GlobalHydra.instance().config_loader()).parse_overrides(args.overrides)
-        if any(o.get_key_element().lstrip("+~") in ("hparams_search", "hydra/sweeper") or
-               (o.is_sweep_override() and not o.is_discrete_sweep()) for o in parsed):
-            return
-        values = [[v for [v] in BasicSweeper.split_arguments([o], None)[0]] for o in parsed]  # per override: [k=a, k=b]
-        for override, each in zip(parsed, values, strict=True):
+        jobs_of = _job_values(args.overrides)
+        for override, each in jobs_of:
             if not each:
                 fail(prog, empty_sweep_error(str(override.input_line), override.get_key_element(), config_name))
+        values = [each for _, each in jobs_of]
         first = [each[0] for each in values]
         jobs = [first] + [[*first[:i], value, *first[i + 1:]] for i, each in enumerate(values) for value in each[1:]]
         swept = [i for i, each in enumerate(values) if len(each) > 1]
@@ -390,6 +394,17 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
             except UserError as exc:
                 where = f" (in the sweep's job {' '.join(job[i] for i in swept)})" if swept else ""
                 fail(prog, f"{exc}{where}")
+
+
+def _job_values(overrides: list[str]) -> list[tuple[Override, list[str]]]:
+    """Each override, with the key=value it gives each job of a sweep (model=mlp,cnn: [model=mlp, model=cnn]).
+    Inside hydra.initialize, whose config loader lists a group's options for glob(): model=glob(*)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create(GlobalHydra.instance().config_loader()).parse_overrides(overrides)
+    return [(o, [v for [v] in BasicSweeper.split_arguments([o], None)[0]]) for o in parsed]
 
 
 _TYPED: list[str] = []  # the command line's arguments as typed, before fmnist added overrides for Hydra
