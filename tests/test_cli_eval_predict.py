@@ -306,6 +306,8 @@ def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):
     assert "out of range" in bad_input_error("fmnist-predict", ckpt, "index=100", cwd=tmp_path)
     assert "index=40 is out of range: the val set has images 0..39" in bad_input_error(
         "fmnist-predict", ckpt, "split=val", "index=40", cwd=tmp_path)
+    assert bad_input_error("fmnist-predict", ckpt, "index=3", "invert=true", cwd=tmp_path).endswith(
+        "invert=true is for a picture of your own (image=FILE); a dataset image is shown to the model as it is")
     assert "split=train picks a dataset image, image=FILE is your own" in bad_input_error(
         "fmnist-predict", ckpt, "split=train", f"image={tmp_path / 'notes.png'}", cwd=tmp_path)
     assert "index=-1 is not valid" in bad_input_error("fmnist-predict", ckpt, "index=-1", cwd=tmp_path)

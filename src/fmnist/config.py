@@ -333,6 +333,9 @@ def validate(cfg: DictConfig, rules: tuple[Rule, ...] = TRAIN_RULES) -> None:
         raise UserError("give either image=FILE or index=N, not both")
     elif rules is PREDICT_RULES and cfg.image is not None and cfg.split != "test":
         raise UserError(f"split={cfg.split} picks a dataset image, image=FILE is your own: give one of them")
+    elif rules is PREDICT_RULES and cfg.image is None and cfg.invert != "auto":
+        raise UserError(f"invert={_as_written(cfg.invert)} is for a picture of your own (image=FILE); a dataset "
+                        f"image is shown to the model as it is")
     if rules is not TRAIN_RULES:
         unknown = [f"dataset.{k}" for k in (cfg.get("dataset") or {}) if k not in INSPECT_DATASET_KEYS]
         if unknown:
