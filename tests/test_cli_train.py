@@ -106,6 +106,8 @@ def test_other_combinations_run_end_to_end(tmp_path: Path, extra: tuple[str, ...
     ("hydra.run.dir=/proc/fmnist-cannot-be-here", "/proc/fmnist-cannot-be-here"),
     ("hydra.run.dir=/etc/passwd/run", "cannot use /etc/passwd/run as a directory: a file is in the way"),
     ("resume='~nobody_fmnist/run'", "resume=~nobody_fmnist/run: there is no checkpoint at ~nobody_fmnist/run"),
+    ("model.channels=[8,16,32,64,128]", "error: model.channels=[8,16,32,64,128] has too many pooling blocks for "
+                                        "28x28 images"),  # was "model: model.channels=[8, 16, ..."
     ("dataset.image_size=14", "dataset.image_size=14 does not describe Fashion-MNIST, whose images are 1x28x28 (they "
                               "are used as they are, not resized): leave dataset.image_size at 28"),
 ])

@@ -84,7 +84,7 @@ class CNN(Classifier):
         for c_out in channels:
             size //= 2
             if size == 0:
-                raise UserError(f"model.channels={list(channels)} has too many pooling blocks for "
+                raise UserError(f"model.channels=[{','.join(map(str, channels))}] has too many pooling blocks for "
                                 f"{image_size}x{image_size} images")
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
             if batch_norm:
@@ -126,7 +126,7 @@ class SpeedNet(Classifier):
                  log_probs: bool = False) -> None:
         super().__init__(log_probs)
         if (image_size // stem_stride) >> (len(widths) - 1) == 0:
-            raise UserError(f"model.widths={list(widths)} has too many pooling stages for "
+            raise UserError(f"model.widths=[{','.join(map(str, widths))}] has too many pooling stages for "
                             f"{image_size}x{image_size} images")
         # One list of convs per stage (the stem is stage 0); every stage but the last ends in a max-pool.
         stages = [[(in_channels, widths[0], stem_stride)]]

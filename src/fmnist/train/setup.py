@@ -44,6 +44,8 @@ def _make(group: str, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         cause = exc.__cause__ or exc
         if isinstance(cause, ImportError) and cause.__cause__ is not None:  # Hydra's three lines around the import's
             raise _cannot_import(group, node.get("_target_"), cause.__cause__) from None
+        if isinstance(cause, UserError):  # fmnist's own model, which names the key itself
+            raise UserError(str(cause)) from None
         raise UserError(f"{group}: {one_line(cause, 400)}") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{group}: {one_line(exc, 400)}") from None
