@@ -193,6 +193,8 @@ def test_any_http_answer_counts_as_a_server(tmp_path: Path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         check_servers({"mlflow": {"tracking_uri": f"http://127.0.0.1:{server.server_address[1]}/"}})
+        # credentials in the URI are the server's business (urllib read "user:pw@127.0.0.1" as the host name)
+        check_servers({"mlflow": {"tracking_uri": f"http://user:pw@127.0.0.1:{server.server_address[1]}"}})
     finally:
         server.shutdown()
         server.server_close()

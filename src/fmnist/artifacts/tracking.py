@@ -126,10 +126,15 @@ def _no_answer(uri: str) -> str | None:
     """Why nothing answered an HTTP request at uri/health, or None where something did."""
     import http.client  # here: every command imports this module, few ask a server
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_ANSWER_SECONDS).close()
+        parts = urllib.parse.urlsplit(uri)  # without user:password@, which urllib would read as the host
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+        where = f"{host}:{parts.port}" if parts.port else host
+        health = urllib.parse.urlunsplit((parts.scheme, where, parts.path.rstrip("/") + "/health", "", ""))
+        urllib.request.urlopen(health, timeout=SERVER_ANSWER_SECONDS).close()
     except urllib.error.HTTPError:
         return None  # an HTTP status: a server is there
     except urllib.error.URLError as exc:
