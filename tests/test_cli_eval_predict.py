@@ -301,6 +301,8 @@ def test_bad_predict_and_eval_arguments(trained_run: Path, tmp_path: Path):
     ckpt = f"ckpt={trained_run / 'best.pt'}"
     (tmp_path / "notes.png").write_text("not an image")
     assert "does not exist" in bad_input_error("fmnist-predict", ckpt, f"image={tmp_path / 'x.png'}", cwd=tmp_path)
+    assert bad_input_error("fmnist-predict", ckpt, f"image={tmp_path}", cwd=tmp_path).endswith(
+        "is a directory: name one picture, or several with --multirun (fmnist-predict -m image=A.png,B.png)")
     assert "is not an image" in bad_input_error("fmnist-predict", ckpt, f"image={tmp_path / 'notes.png'}",
                                                 cwd=tmp_path)
     assert "out of range" in bad_input_error("fmnist-predict", ckpt, "index=100", cwd=tmp_path)
