@@ -250,6 +250,10 @@ def test_a_config_dir_of_ones_own_is_checked_before_a_run_directory_too(tmp_path
     # --help only shows: it went on to look for the data (and tried to download it) with --config-dir
     shown = cli("fmnist-train", "--help", *own, "dataset.root=nowhere", "dataset.download=false", cwd=tmp_path)
     assert "model: bn_cnn, bn_cnn_wide, cnn, feedforward, mlp, speednet, tiny" in shown.stdout
+    # a sweep's glob() over its options too: the check before the sweep listed conf/'s alone ("matches none")
+    line = one_line_error(cli("fmnist-train", "--config-dir", str(tmp_path / "conf"), "-m", "model=glob(ti*)",
+                              "batch_size=0", cwd=tmp_path / "work", check=False))
+    assert line.endswith("batch_size=0 is not valid: expected an integer in [1, 2^31)")
 
 
 NET_OF_ONES_OWN = """

@@ -379,7 +379,7 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
            for o in OverridesParser.create().parse_overrides(args.overrides)):
         return
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        jobs_of = _job_values(args.overrides)
+        jobs_of = _job_values(args.overrides, args.config_dir)
         for override, each in jobs_of:
             if not each:
                 fail(prog, empty_sweep_error(str(override.input_line), override.get_key_element(), config_name))
@@ -399,14 +399,19 @@ def _check_sweep(prog: str, config_name: str, check_job: Callable[[DictConfig], 
                 fail(prog, f"{exc}{where}")
 
 
-def _job_values(overrides: list[str]) -> list[tuple[Override, list[str]]]:
+def _job_values(overrides: list[str], config_dir: str | None = None) -> list[tuple[Override, list[str]]]:
     """Each override, with the key=value it gives each job of a sweep (model=mlp,cnn: [model=mlp, model=cnn]).
-    Inside hydra.initialize, whose config loader lists a group's options for glob(): model=glob(*)."""
+    glob() lists a group's options through a config loader: conf/'s, and a --config-dir's after them as Hydra
+    searches them (model=glob(my*) may match only options of one's own)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
+    from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create(GlobalHydra.instance().config_loader()).parse_overrides(overrides)
+    search = create_config_search_path(CONFIG_DIR)
+    if config_dir:
+        search.append("command-line", f"file://{Path(config_dir).absolute()}")
+    parsed = OverridesParser.create(ConfigLoaderImpl(config_search_path=search)).parse_overrides(overrides)
     return [(o, [v for [v] in BasicSweeper.split_arguments([o], None)[0]]) for o in parsed]
 
 
