@@ -121,6 +121,11 @@ def test_a_value_that_a_job_cannot_run_with_is_refused_before_the_sweep_starts(t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_of_one_job_is_counted_in_the_singular(tmp_path: Path):
+    proc = cli("fmnist-train", "--multirun", "model=mlp", "dataset=mnist", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert "] launching 1 job, 1 at a time\n" in proc.stdout and "(1 job, 0 failed)\n" in proc.stdout, proc.stdout
+
+
 def test_summarize_script_rebuilds_a_partial_sweep(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     """Also: a sampler's long floats are shown to four digits where the summary is read, kept exact in the CSV."""
     proc = cli("fmnist-train", "--multirun", "model=mlp", "optimizer.lr=0.0005611516415334506,1e-2", "dataset=mnist",

@@ -268,7 +268,8 @@ def report(sweep_dir: Path, again: Callable[[], str] = str) -> int:
     finishes the sweep, where a job was stopped or never started); returns the number of failed jobs."""
     rows = write_summary(sweep_dir)
     failed = [r for r in rows if r["status"] in FAILED]
-    log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / SUMMARY_MD, len(rows), len(failed))
+    log.info("sweep summary: %s (%d job%s, %d failed)", sweep_dir / SUMMARY_MD, len(rows), "s" * (len(rows) != 1),
+             len(failed))
     for r in rows[:5]:
         if r["status"] in FAILED:
             continue

@@ -155,7 +155,8 @@ class JoblibLaunchLine(logging.Filter):
         at_once = re.search(r"(?:^|,)n_jobs=(\d+)", said.group(1)) if said else None  # -1: joblib's count, kept
         if said and at_once:
             jobs = int(said.group(2))
-            record.msg, record.args = f"launching {jobs} jobs, {min(jobs, int(at_once.group(1)))} at a time", ()
+            at_a_time = min(jobs, int(at_once.group(1)))
+            record.msg, record.args = f"launching {jobs} job{'s' * (jobs != 1)}, {at_a_time} at a time", ()
         return True
 
 
