@@ -19,11 +19,13 @@ MAX_CHECKPOINT_BYTES = 2 << 30
 MAX_PICKLE_BYTES = 64 << 20  # the pickled structure itself (tensors live in their own records)
 
 
-def existing_file(path: str | Path, what: str) -> Path:
-    """`path` with ~ expanded, or why it cannot be read as a file (`what`: "image", "checkpoint")."""
+def existing_file(path: str | Path, what: str, if_directory: str = "") -> Path:
+    """`path` with ~ expanded, or why it cannot be read as a file (`what`: "image", "checkpoint"; `if_directory`:
+    what to say after "is a directory")."""
     path = user_path(path)
     if not path.is_file():
-        why = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        why = (f"is a directory{if_directory}" if path.is_dir() else "is not a regular file" if path.exists() else
+               "does not exist")
         raise UserError(f"{what} {path} {why}")
     return path
 

@@ -67,11 +67,11 @@ def resume_source(setting: str | None, out_dir: Path) -> Path | None:
         candidate = out_dir / LAST
         return candidate if candidate.is_file() else None
     if setting == "latest":
-        found = list(_run_checkpoints(tuple(user_path(d) for d in OUTPUT_DIRS), LAST))
-        if not found:
-            raise UserError(f"resume=latest: no run with a {LAST} under {' or '.join(f'{d}/' for d in OUTPUT_DIRS)} "
-                            f"here; give its directory, resume=RUN_DIR")
-        return max(found, key=lambda p: p.stat().st_mtime).absolute()
+        newest = _newest(tuple(user_path(d) for d in OUTPUT_DIRS), LAST)
+        if newest is None:
+            raise UserError(f"resume=latest: no run with a {LAST} under {_under(OUTPUT_DIRS)} here; give its "
+                            f"directory, resume=RUN_DIR")
+        return newest.absolute()
     path = user_path(setting)
     path = path / LAST if path.is_dir() else path
     if not path.is_file():
@@ -294,10 +294,10 @@ def read_metrics(run_dir: Path) -> tuple[dict[str, Any], str]:
 
 def latest_checkpoint(search_dirs: tuple[Path, ...] = OUTPUT_DIRS) -> Path:
     """best.pt of the most recent training run under the output directories."""
-    found = list(_run_checkpoints(search_dirs))
-    if not found:
+    newest = _newest(search_dirs, BEST)
+    if newest is None:
         raise _no_trained_model(search_dirs)
-    return max(found, key=lambda p: p.stat().st_mtime)
+    return newest
 
 
 def check_some_checkpoint(search_dirs: tuple[Path, ...] = OUTPUT_DIRS) -> None:
@@ -312,10 +312,18 @@ def _run_checkpoints(search_dirs: tuple[Path, ...], name: str = BEST) -> Iterato
     return (p for d in search_dirs if d.is_dir() for p in d.rglob(name) if (p.parent / METRICS_JSON).is_file())
 
 
+def _newest(search_dirs: tuple[Path, ...], name: str) -> Path | None:
+    """The run's checkpoint `name` written last under `search_dirs`, if any run has one."""
+    return max(_run_checkpoints(search_dirs, name), key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _under(search_dirs: tuple[Path, ...]) -> str:
+    return " or ".join(f"{d}/" for d in search_dirs)
+
+
 def _no_trained_model(search_dirs: tuple[Path, ...]) -> UserError:
-    where = " or ".join(f"{d}/" for d in search_dirs)
-    return UserError(f"no trained model found under {where} (looked for {BEST}): train one with fmnist-train, "
-                     f"or pass ckpt=PATH")
+    return UserError(f"no trained model found under {_under(search_dirs)} (looked for {BEST}): train one with "
+                     f"fmnist-train, or pass ckpt=PATH")
 
 
 def eval_dir(checkpoint: Path, split: str) -> Path:

@@ -151,10 +151,8 @@ def check_inputs(settings: InspectConfig) -> InspectConfig:
     else:
         check_some_checkpoint()  # "no trained model found" at once; restore() chooses among the runs found
     if isinstance(settings, PredictConfig) and settings.image is not None:
-        if user_path(settings.image).is_dir():
-            raise UserError(f"image {user_path(settings.image)} is a directory: name one picture, or several with "
-                            f"--multirun (fmnist-predict -m image=A.png,B.png)")
-        existing_file(settings.image, "image")
+        existing_file(settings.image, "image", if_directory=": name one picture, or several with --multirun "
+                                                           "(fmnist-predict -m image=A.png,B.png)")
     if settings.out_path:
         check_dir_target(settings.out_path)
     return settings
